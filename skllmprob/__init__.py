@@ -1,0 +1,34 @@
+"""skllmprob: any LLM that exposes token log-probabilities as a scikit-learn
+classifier.
+
+>>> from skllmprob import LogprobClassifier
+"""
+
+from .classifier import LogprobClassifier
+from .exceptions import (
+    BackendError,
+    BackendUnavailableError,
+    CacheError,
+    ConfigurationError,
+    InputError,
+    LogprobsUnsupportedError,
+    PartialResultsError,
+    RequestRejectedError,
+    SkllmprobError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendError",
+    "BackendUnavailableError",
+    "CacheError",
+    "ConfigurationError",
+    "InputError",
+    "LogprobClassifier",
+    "LogprobsUnsupportedError",
+    "PartialResultsError",
+    "RequestRejectedError",
+    "SkllmprobError",
+    "__version__",
+]

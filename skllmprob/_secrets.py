@@ -1,0 +1,100 @@
+"""Keeping API keys out of reprs, pickles, caches and logs."""
+
+from __future__ import annotations
+
+import hmac
+
+__all__ = ["SecretKey", "SecretParam"]
+
+
+class SecretKey:
+    """An API key that does not show itself.
+
+    ``repr`` and ``str`` are masked, pickling drops the value (an unpickled key is
+    empty, and the key is then read from the environment again), and ``deepcopy``
+    returns the same object so that :func:`sklearn.base.clone` keeps it.
+
+    Parameters
+    ----------
+    value : str or None
+        The key.
+
+    Examples
+    --------
+    >>> key = SecretKey("sk-test-123")
+    >>> key
+    SecretKey('**********')
+    >>> key.reveal()
+    'sk-test-123'
+    >>> import pickle
+    >>> pickle.loads(pickle.dumps(key)).reveal() is None
+    True
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: object) -> None:
+        self._value = value
+
+    def reveal(self) -> object:
+        """Return the key itself (``None`` after unpickling)."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "SecretKey('**********')" if self._value is not None else "SecretKey(None)"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return repr(self)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, SecretKey):
+            other = other._value
+        if isinstance(self._value, str) and isinstance(other, str):
+            return hmac.compare_digest(self._value.encode(), other.encode())
+        return self._value is other
+
+    def __hash__(self) -> int:
+        return hash(SecretKey)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __deepcopy__(self, memo: dict) -> SecretKey:
+        return self
+
+    def __copy__(self) -> SecretKey:
+        return self
+
+    def __reduce__(self):
+        # The value never enters a pickle.
+        return (SecretKey, (None,))
+
+
+class SecretParam:
+    """Descriptor for an estimator parameter that holds a secret.
+
+    Assigning a plain string stores it wrapped in :class:`SecretKey`, so that
+    ``get_params``, the text and HTML reprs, and grid-search result tables only ever
+    see the masked wrapper. Anything else is stored as is (and rejected by the
+    estimator's parameter validation in ``fit``).
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: object, objtype: type | None = None) -> object:
+        if obj is None:
+            return self
+        return obj.__dict__.get(self.name)
+
+    def __set__(self, obj: object, value: object) -> None:
+        if isinstance(value, str):
+            value = SecretKey(value)
+        obj.__dict__[self.name] = value
+
+
+def reveal(value: object) -> object:
+    """Return the plain value of a possibly wrapped secret."""
+    return value.reveal() if isinstance(value, SecretKey) else value

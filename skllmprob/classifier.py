@@ -1,0 +1,963 @@
+"""The estimator: :class:`LogprobClassifier`."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import warnings
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.exceptions import DataConversionWarning
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    f1_score,
+    matthews_corrcoef,
+    precision_score,
+    recall_score,
+)
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from . import calibration as _cal
+from . import scoring as _scoring
+from ._engine import fetch_completions
+from ._secrets import SecretKey, SecretParam
+from .backends.base import Backend, Query
+from .cache import open_cache
+from .exceptions import ConfigurationError, InputError
+from .prompts import DEFAULT_PROMPT, PromptRenderer, template_row_fields
+from .usage import UsageTracker
+
+__all__ = ["LogprobClassifier"]
+
+CALIBRATIONS = ("none", "bias", "affine", "threshold", "contextual")
+_THRESHOLD_METRICS = {
+    "accuracy": accuracy_score,
+    "balanced_accuracy": balanced_accuracy_score,
+    "f1": f1_score,
+    "precision": precision_score,
+    "recall": recall_score,
+    "matthews_corrcoef": matthews_corrcoef,
+}
+_N_OTHER_TOKENS = 20
+
+
+def _is_missing(value: object) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float | np.floating) and math.isnan(value):
+        return True
+    return type(value).__name__ in ("NAType", "NaTType")
+
+
+def _describe_rows(idx: Sequence[int]) -> str:
+    shown = ", ".join(str(i) for i in idx[:10])
+    return shown + (f" and {len(idx) - 10} more" if len(idx) > 10 else "")
+
+
+class _Table:
+    """Validated input: 1-D texts or a 2-D table of cells."""
+
+    def __init__(self, texts=None, columns=None, rows=None, feature_names=None) -> None:
+        self.texts = texts
+        self.columns = columns
+        self.rows = rows
+        self.feature_names = feature_names
+
+    @property
+    def is_1d(self) -> bool:
+        return self.texts is not None
+
+    def __len__(self) -> int:
+        return len(self.texts) if self.is_1d else len(self.rows)
+
+    @property
+    def n_features(self) -> int:
+        return 1 if self.is_1d else len(self.columns)
+
+
+def _as_table(X: Any, *, name: str = "X") -> _Table:
+    """Check ``X`` and turn it into texts or rows of cells, with clear errors."""
+    if X is None:
+        raise InputError(f"{name} is None; pass a list of texts or a table of columns.")
+    if isinstance(X, str | bytes):
+        raise InputError(
+            f"{name} is a single {type(X).__name__}; pass a list of texts, e.g. [text]."
+        )
+    if hasattr(X, "toarray") or type(X).__module__.startswith("scipy.sparse"):
+        raise InputError(
+            f"{name} is a sparse matrix; LogprobClassifier reads raw text. Pass the texts "
+            "themselves (a list, array or pandas Series of str)."
+        )
+    if hasattr(X, "columns") and hasattr(X, "iloc"):  # a DataFrame
+        # Like scikit-learn, only string column names count as feature names.
+        names = np.asarray(X.columns, dtype=object)
+        if all(isinstance(c, str) for c in X.columns):
+            columns = list(X.columns)
+        else:
+            columns, names = [f"x{j}" for j in range(X.shape[1])], None
+        rows = [tuple(r) for r in X.itertuples(index=False, name=None)]
+        table = _Table(columns=columns, rows=rows, feature_names=names)
+    else:
+        if hasattr(X, "to_numpy") and getattr(X, "ndim", 1) == 1:  # a Series
+            X = X.to_numpy(dtype=object)
+        elif not isinstance(X, np.ndarray | list | tuple) and hasattr(X, "__array__"):
+            X = np.asarray(X)
+        if isinstance(X, np.ndarray):
+            if X.ndim == 0:
+                raise InputError(f"{name} is a scalar array; pass a list of texts.")
+            if X.ndim > 2:
+                raise InputError(
+                    f"{name} has {X.ndim} dimensions; pass a 1-D list of texts or a 2-D table."
+                )
+            arr = X
+        else:
+            try:
+                seq = list(X)
+            except TypeError as e:
+                raise InputError(
+                    f"{name} of type {type(X).__name__} is not a sequence of texts."
+                ) from e
+            if seq and all(isinstance(r, list | tuple | np.ndarray) for r in seq):
+                lengths = {len(r) for r in seq}
+                if len(lengths) != 1:
+                    raise InputError(
+                        f"{name} is a ragged nested list (rows of lengths "
+                        f"{sorted(lengths)}); every row of a table needs the same "
+                        "number of columns."
+                    )
+                arr = np.empty((len(seq), lengths.pop()), dtype=object)
+                for i, r in enumerate(seq):
+                    arr[i, :] = list(r)
+            else:
+                arr = np.empty(len(seq), dtype=object)
+                arr[:] = seq
+        if arr.ndim == 1:
+            table = _Table(texts=list(arr))
+        else:
+            if arr.shape[1] == 0:
+                raise InputError(
+                    f"{name} has 0 feature(s) (shape={arr.shape}) while a minimum of 1 is "
+                    "required: it has no columns."
+                )
+            columns = [f"x{j}" for j in range(arr.shape[1])]
+            table = _Table(columns=columns, rows=[tuple(r) for r in arr.tolist()])
+    _check_cells(table, name)
+    return table
+
+
+def _check_cells(table: _Table, name: str) -> None:
+    if table.is_1d:
+        bad_missing, bad_type = [], []
+        for i, v in enumerate(table.texts):
+            if isinstance(v, str):
+                continue
+            (bad_missing if _is_missing(v) else bad_type).append(i)
+        if bad_missing:
+            raise InputError(
+                f"{name} has missing values (None or NaN) at rows "
+                f"{_describe_rows(bad_missing)}; fill them (e.g. with '') or drop those "
+                "rows."
+            )
+        if bad_type:
+            i = bad_type[0]
+            kind = type(table.texts[i]).__name__
+            hint = " Decode bytes first (b.decode('utf-8'))." if kind == "bytes" else ""
+            raise InputError(
+                f"{name} must hold texts (str), but rows {_describe_rows(bad_type)} hold "
+                f"other types (row {i}: {kind}).{hint} To pass a table, give a 2-D array "
+                "or a DataFrame. Reshape your data with X.reshape(-1, 1) for one column "
+                "of values."
+            )
+        table.texts = [str(t) for t in table.texts]  # np.str_ -> str
+        return
+    for i, row in enumerate(table.rows):
+        for j, v in enumerate(row):
+            if isinstance(v, str):
+                continue
+            if _is_missing(v):
+                raise InputError(
+                    f"{name} has a missing value (None or NaN) in row {i}, column "
+                    f"{table.columns[j]!r}; fill or drop it."
+                )
+            if isinstance(v, complex | np.complexfloating):
+                raise InputError(
+                    f"Complex data not supported: {name} row {i}, column "
+                    f"{table.columns[j]!r} holds a complex number."
+                )
+            if isinstance(v, bool | numbers.Number):
+                if isinstance(v, float | np.floating) and not math.isfinite(v):
+                    raise InputError(
+                        f"{name} holds an infinite value in row {i}, column "
+                        f"{table.columns[j]!r}; replace it with a finite number or text."
+                    )
+                continue
+            raise InputError(
+                f"{name} row {i}, column {table.columns[j]!r} holds a "
+                f"{type(v).__name__}; table cells must be str or numbers."
+            )
+
+
+class LogprobClassifier(ClassifierMixin, BaseEstimator):
+    """A classifier whose probabilities are an LLM's log-probabilities of the labels.
+
+    For each text, one request asks the model for a single answer token with its top
+    log-probabilities; the probability of each class is the summed probability of
+    the tokens that start its answer (case and leading-space variants summed), and
+    rows are renormalized over the classes. The probability that fell on other
+    tokens is reported as *coverage* (:meth:`predict_coverage`, ``coverage_``,
+    ``other_tokens_``). ``fit`` learns, from labelled samples, how to correct the
+    model's bias (see ``calibration``). Every completion is cached, so model
+    selection pays for each unique prompt once.
+
+    Parameters
+    ----------
+    model : str or path-like, default=None
+        ``None``: the embedded local model (Gemma 3 270M, extra ``local``). A path to
+        a ``.gguf`` file: that model, in-process with llama.cpp. Any other string: a
+        model name on an OpenAI-compatible server (see ``base_url``).
+    labels : list or dict, default=None
+        The candidate labels. Required for zero-shot use (``fit(None, None)``);
+        otherwise the classes of ``y``. A dict maps each label to its *verbalizer*,
+        the word the model should answer with (``{1: "positive", 0: "negative"}``).
+        The prompt lists labels in this order.
+    prompt : str, default=None
+        A :meth:`str.format` template with a ``{text}`` field (or fields named after
+        the columns of a 2-D ``X``), an optional ``{labels}`` field for the list of
+        answers and an optional ``{examples}`` field. ``None`` uses
+        :data:`skllmprob.prompts.DEFAULT_PROMPT`. The text must come last, after
+        instructions and examples, so that all prompts share one prefix.
+    examples : list of (text, label) pairs, default=None
+        Few-shot examples, rendered with the row part of the template and their
+        answer, before the text. ``text`` is a str or a mapping of column values.
+    calibration : {"none", "bias", "affine", "threshold", "contextual"}, default="none"
+        How ``fit`` corrects the model's label bias:
+
+        - ``"none"``: renormalized label probabilities.
+        - ``"bias"``: per-class additive offsets on the log-probabilities, fitted by
+          L2-regularized log-loss on the labelled samples (``bias_``).
+        - ``"affine"``: offsets and a shared temperature (``temperature_``).
+        - ``"threshold"``: binary only; the decision threshold on the probability of
+          ``classes_[1]`` that maximizes ``scoring`` (``threshold_``).
+          ``predict_proba`` is unchanged.
+        - ``"contextual"``: no labels needed; offsets that make content-free inputs
+          (``content_free``) come out uniform.
+    scoring : str or callable, default="accuracy"
+        The metric ``calibration="threshold"`` maximizes: ``"accuracy"``,
+        ``"balanced_accuracy"``, ``"f1"``, ``"precision"``, ``"recall"``,
+        ``"matthews_corrcoef"``, or a callable ``metric(y_true, y_pred)`` on booleans
+        (``True`` for ``classes_[1]``).
+    calibration_alpha : float, default=0.01
+        L2 penalty on the offsets (and the log-temperature) of ``"bias"`` and
+        ``"affine"``.
+    content_free : tuple of str, default=("N/A", "", "[MASK]")
+        Inputs put in place of the text (every row field) by ``"contextual"``.
+    backend : {"auto", "llamacpp", "openai", "deterministic"} or Backend, default="auto"
+        Where log-probabilities come from. ``"auto"``: the local llama.cpp backend
+        when ``model`` is ``None`` or a ``.gguf`` path, else the OpenAI client. A
+        :class:`~skllmprob.backends.Backend` instance (a cheap settings object) is
+        used as is.
+    base_url : str, default=None
+        The OpenAI-compatible server (``None``: OpenAI, or ``$OPENAI_BASE_URL``).
+    api_key : str, default=None
+        The API key; ``None`` reads ``$OPENAI_API_KEY`` when needed. Stored masked:
+        it never appears in a repr, a pickle, the cache or a log. A pickled
+        classifier reads the key from the environment again.
+    endpoint : {"auto", "chat", "completions"}, default="auto"
+        ``"chat"``: the prompt is a user message (chat endpoint; locally the model's
+        chat template). ``"completions"``: plain text completion. ``"auto"``: the
+        backend's default.
+    top_logprobs : int, default=20
+        How many top tokens to request (servers cap it; OpenAI at 20). Exact
+        backends use it only for ``other_tokens_``.
+    option_codes : {"auto", "never", "letters", "numbers"}, default="auto"
+        ``"auto"`` answers with letter codes (A, B, ...) only when two labels cannot
+        be told apart by their first token; ``"never"`` raises instead.
+    cache : bool or str, default=True
+        ``True``: the persistent default cache (``$SKLLMPROB_CACHE_DIR`` or the
+        user's cache folder); a path: that SQLite file; ``False``: no cache.
+    max_concurrency : int, default=8
+        Requests in flight at once (server backends).
+    timeout : float, default=60.0
+        Seconds per request before it is retried (server backends).
+    max_retries : int, default=5
+        Retries per request on 429, 5xx and timeouts (server backends).
+    backend_options : dict, default=None
+        Further settings passed to the backend (e.g. ``n_ctx`` for llama.cpp,
+        ``requests_per_minute`` for servers).
+    progress : bool or "auto", default="auto"
+        A progress bar for long runs (``"auto"``: on a terminal, 50 prompts or more).
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The class labels, sorted.
+    answers_ : ndarray of str, shape (n_classes,)
+        What the model is asked to answer for each class (a verbalizer or an option
+        code).
+    uses_option_codes_ : bool
+        Whether labels were replaced by option codes.
+    bias_ : ndarray of shape (n_classes,)
+        Offsets added to the normalized log-probabilities (zeros for ``"none"``).
+    temperature_ : float
+        Divides the normalized log-probabilities before the offsets (1.0 unless
+        ``"affine"``).
+    threshold_ : float or None
+        The tuned threshold of ``"threshold"``, else ``None``.
+    coverage_ : float
+        Mean label coverage over the samples seen by ``fit`` (NaN for zero-shot).
+    other_tokens_ : dict of str to float
+        The most frequent non-label tokens over the samples seen by ``fit``, with
+        their mean probability: what the model says instead of a label.
+    usage_ : UsageTracker
+        Requests, cache hits and tokens of the last call and in total.
+    n_features_in_ : int
+        Number of columns of ``X`` (1 for 1-D text input); not set by a zero-shot
+        ``fit(None, None)``, after which any input whose columns fill the prompt is
+        accepted.
+    feature_names_in_ : ndarray of str
+        Column names, when ``X`` was a DataFrame with string column names.
+
+    See Also
+    --------
+    skllmprob.backends.DeterministicBackend : the offline backend used below.
+
+    Examples
+    --------
+    The deterministic backend stands in for a real model here; drop ``backend=`` to
+    use the embedded local model.
+
+    >>> from skllmprob import LogprobClassifier
+    >>> from skllmprob.backends import DeterministicBackend
+    >>> clf = LogprobClassifier(labels=["positive", "negative"],
+    ...                         backend=DeterministicBackend(), cache=False)
+    >>> clf = clf.fit(None, None)          # zero-shot: no labelled data needed
+    >>> clf.classes_
+    array(['negative', 'positive'], dtype='<U8')
+    >>> clf.predict(["what a great film", "a dull mess"])
+    array(['positive', 'negative'], dtype='<U8')
+    >>> clf.predict_proba(["what a great film"]).round(3)
+    array([[0.008, 0.992]])
+    """
+
+    api_key = SecretParam()
+
+    _parameter_constraints: ClassVar[dict] = {
+        "model": [str, os.PathLike, None],
+        "labels": [list, tuple, np.ndarray, dict, None],
+        "prompt": [str, None],
+        "examples": [list, tuple, None],
+        "calibration": [StrOptions(set(CALIBRATIONS))],
+        "scoring": [StrOptions(set(_THRESHOLD_METRICS)), callable],
+        "calibration_alpha": [Interval(numbers.Real, 0, None, closed="left")],
+        "content_free": [list, tuple],
+        "backend": [StrOptions({"auto", "llamacpp", "openai", "deterministic"}), Backend],
+        "base_url": [str, None],
+        "api_key": [SecretKey, None],
+        "endpoint": [StrOptions({"auto", "chat", "completions"})],
+        "top_logprobs": [Interval(numbers.Integral, 1, None, closed="left")],
+        "option_codes": [StrOptions({"auto", "never", "letters", "numbers"})],
+        "cache": ["boolean", str, os.PathLike],
+        "max_concurrency": [Interval(numbers.Integral, 1, None, closed="left")],
+        "timeout": [Interval(numbers.Real, 0, None, closed="neither")],
+        "max_retries": [Interval(numbers.Integral, 0, None, closed="left")],
+        "backend_options": [dict, None],
+        "progress": ["boolean", StrOptions({"auto"})],
+    }
+
+    def __init__(
+        self,
+        model=None,
+        *,
+        labels=None,
+        prompt=None,
+        examples=None,
+        calibration="none",
+        scoring="accuracy",
+        calibration_alpha=0.01,
+        content_free=("N/A", "", "[MASK]"),
+        backend="auto",
+        base_url=None,
+        api_key=None,
+        endpoint="auto",
+        top_logprobs=20,
+        option_codes="auto",
+        cache=True,
+        max_concurrency=8,
+        timeout=60.0,
+        max_retries=5,
+        backend_options=None,
+        progress="auto",
+    ):
+        self.model = model
+        self.labels = labels
+        self.prompt = prompt
+        self.examples = examples
+        self.calibration = calibration
+        self.scoring = scoring
+        self.calibration_alpha = calibration_alpha
+        self.content_free = content_free
+        self.backend = backend
+        self.base_url = base_url
+        self.api_key = api_key
+        self.endpoint = endpoint
+        self.top_logprobs = top_logprobs
+        self.option_codes = option_codes
+        self.cache = cache
+        self.max_concurrency = max_concurrency
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backend_options = backend_options
+        self.progress = progress
+
+    # ------------------------------------------------------------------ plumbing
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.string = True
+        tags.input_tags.two_d_array = True
+        tags.input_tags.allow_nan = False
+        tags.classifier_tags.poor_score = True
+        tags.target_tags.required = True
+        return tags
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state = dict(state)
+        state.pop("api_key", None)  # the key never enters a pickle
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        state.setdefault("api_key", None)
+        api_key = state.pop("api_key")
+        super().__setstate__(state)
+        self.api_key = api_key
+
+    def _make_backend(self) -> Backend:
+        """The backend settings object for the current parameters (cheap)."""
+        options = dict(self.backend_options or {})
+        kind = self.backend
+        if isinstance(kind, Backend):
+            if self.model is not None or self.base_url is not None:
+                raise ConfigurationError(
+                    "backend= is a Backend instance, so model= and base_url= are not "
+                    "used; set them on the backend instead."
+                )
+            return kind
+        model = os.fspath(self.model) if self.model is not None else None
+        if kind == "auto":
+            local = model is None and self.base_url is None
+            local = local or (model is not None and model.lower().endswith(".gguf"))
+            kind = "llamacpp" if local else "openai"
+        if kind == "deterministic":
+            from .backends.deterministic import DeterministicBackend
+
+            return DeterministicBackend(name=model or "deterministic", **options)
+        if kind == "llamacpp":
+            if self.base_url is not None:
+                raise ConfigurationError(
+                    "base_url is set, but the model is a local llama.cpp model; drop "
+                    "base_url, or give a server model name with backend='openai'."
+                )
+            from .backends.llamacpp import LlamaCppBackend
+
+            return LlamaCppBackend(
+                model_path=model,
+                chat=self.endpoint == "chat",
+                **options,
+            )
+        if model is None:
+            raise ConfigurationError(
+                "backend='openai' needs a model name, e.g. model='gpt-4o-mini'."
+            )
+        from .backends.openai import OpenAIBackend
+
+        return OpenAIBackend(
+            model=model,
+            base_url=self.base_url,
+            api_key=self.api_key,
+            endpoint=self.endpoint,
+            timeout=float(self.timeout),
+            max_retries=int(self.max_retries),
+            max_concurrency=int(self.max_concurrency),
+            **options,
+        )
+
+    def _label_spec(self) -> tuple[list, dict]:
+        """The labels in prompt order and their verbalizers, from ``labels``."""
+        if isinstance(self.labels, Mapping):
+            order = list(self.labels.keys())
+            words = {k: v for k, v in self.labels.items()}
+        else:
+            order = list(np.asarray(self.labels, dtype=object).ravel())
+            words = {k: str(k) for k in order}
+        if not order:
+            raise ConfigurationError("labels is empty; give at least two labels.")
+        for k in order:
+            if _is_missing(k):
+                raise ConfigurationError("labels contains None or NaN; remove it.")
+        dup = [k for k, n in Counter(order).items() if n > 1]
+        if dup:
+            raise ConfigurationError(f"labels contains duplicates: {dup}; list every label once.")
+        for k, w in words.items():
+            if not isinstance(w, str):
+                raise ConfigurationError(
+                    f"the verbalizer of label {k!r} is a {type(w).__name__}; map every "
+                    "label to the word (str) the model should answer with."
+                )
+        return order, words
+
+    # ----------------------------------------------------------------------- fit
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X=None, y=None, sample_weight=None):
+        """Set up the classes and learn the calibration from labelled samples.
+
+        Parameters
+        ----------
+        X : sequence of str, 2-D array-like or DataFrame, or None
+            Texts (or rows whose columns fill the prompt's fields). ``None`` or an
+            empty list for zero-shot use, which needs ``labels``.
+        y : array-like of shape (n_samples,), or None
+            Labels of ``X``.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weights for the calibration fit.
+
+        Returns
+        -------
+        self : LogprobClassifier
+        """
+        zero_shot = X is None or (hasattr(X, "__len__") and len(X) == 0)
+        if zero_shot:
+            if self.labels is None:
+                raise InputError(
+                    "zero-shot fit needs labels: LogprobClassifier(labels=[...])"
+                    ".fit(None, None); or pass labelled X and y."
+                )
+            if y is not None and len(y) != 0:
+                raise InputError("X is empty but y is not; pass both or neither.")
+            # An empty table still tells the columns to expect.
+            table = None if X is None else _as_table(X)
+            y_arr = np.empty(0, dtype=object)
+        else:
+            if y is None:
+                raise InputError(
+                    "LogprobClassifier requires y to be passed, but the target y is None."
+                    " For zero-shot use call fit(None, None) with labels=[...]."
+                )
+            table = _as_table(X)
+            y_arr = self._check_y(y, len(table))
+        if self.labels is not None:
+            order, words = self._label_spec()
+            unknown = sorted({str(v) for v in y_arr if v not in words})
+            if unknown:
+                raise InputError(
+                    f"y contains labels that are not in labels=: {unknown[:10]}; add "
+                    "them to labels or drop those samples."
+                )
+        else:
+            order = list(np.unique(y_arr))
+            if len(order) < 2:
+                raise InputError(
+                    f"y has one class ({order[0]!r}) and labels= is not set; a classifier "
+                    "needs at least 2 classes. Give the candidate labels with "
+                    "labels=[...], or pass samples of at least two classes."
+                )
+            words = {k: str(k) for k in order}
+        self.classes_ = self._sorted_classes(order)
+        if len(self.classes_) < 2:
+            raise ConfigurationError("labels must name at least 2 classes.")
+
+        backend = self._make_backend()
+        verbalizers = [words[c] for c in self.classes_]
+        answers, codes = _scoring.resolve_answers(
+            verbalizers,
+            option_codes_mode=self.option_codes,
+            exact=backend.exact,
+            first_tokens=backend.first_tokens(verbalizers),
+        )
+        self.answers_ = np.asarray(answers, dtype=object)
+        self.uses_option_codes_ = codes
+        self._set_features(X, table)
+        self.prompt_renderer_ = self._build_renderer(order, words)
+        self.usage_ = UsageTracker()
+
+        if self.calibration == "threshold" and len(self.classes_) != 2:
+            raise ConfigurationError(
+                f"calibration='threshold' tunes a binary decision, but there are "
+                f"{len(self.classes_)} classes; use calibration='bias' or 'affine' for "
+                "several classes."
+            )
+        if self.calibration in ("bias", "affine", "threshold") and zero_shot:
+            raise InputError(
+                f"calibration={self.calibration!r} learns from labelled samples; pass X "
+                "and y to fit, or use calibration='none' or 'contextual' for zero-shot."
+            )
+
+        k = len(self.classes_)
+        self.bias_ = np.zeros(k)
+        self.temperature_ = 1.0
+        self.threshold_ = None
+        self.coverage_ = float("nan")
+        self.other_tokens_ = {}
+        if not zero_shot:
+            log_mass, floored, completions = self._score_table(table, backend)
+            self.coverage_ = float(_scoring.coverage(log_mass, floored).mean())
+            matcher = self._matcher(backend)
+            other = _scoring.other_token_mass(
+                [c.tokens for c in completions], [c.logprobs for c in completions], matcher
+            )
+            self.other_tokens_ = {
+                t: m / len(completions) for t, m in other.most_common(_N_OTHER_TOKENS)
+            }
+            index = {c: i for i, c in enumerate(self.classes_)}
+            y_idx = np.array([index[v] for v in y_arr], dtype=int)
+            sw = self._check_sample_weight(sample_weight, len(y_idx))
+            self._fit_calibration(log_mass, y_idx, sw)
+        elif self.calibration == "contextual":
+            self._fit_calibration(None, None, None)
+        return self
+
+    @staticmethod
+    def _check_sample_weight(sample_weight, n: int) -> np.ndarray | None:
+        if sample_weight is None:
+            return None
+        sw = np.asarray(sample_weight, dtype=float)
+        if sw.ndim == 0:
+            sw = np.full(n, float(sw))
+        if sw.shape != (n,):
+            raise InputError(
+                f"sample_weight.shape == {sw.shape}, expected ({n},): one weight per sample."
+            )
+        if not np.all(np.isfinite(sw)) or (sw < 0).any():
+            raise InputError("sample_weight must be finite and non-negative.")
+        if not (sw > 0).any():
+            raise InputError("Sample weights must contain at least one non-zero number.")
+        return sw
+
+    @staticmethod
+    def _sorted_classes(order: list) -> np.ndarray:
+        arr = np.asarray(order)
+        if arr.dtype.kind in "OUS" and not all(isinstance(v, str) for v in order):
+            arr = np.asarray(order, dtype=object)
+        try:
+            return np.unique(arr)
+        except TypeError as e:
+            raise ConfigurationError(
+                f"labels of mixed types cannot be sorted ({e}); use labels of one type."
+            ) from e
+
+    def _check_y(self, y: Any, n: int) -> np.ndarray:
+        y_arr = np.asarray(y, dtype=object)
+        if y_arr.ndim != 1:
+            if y_arr.ndim == 2 and y_arr.shape[1] == 1:
+                warnings.warn(
+                    "A column-vector y was passed when a 1d array was expected; pass a "
+                    "1-D array of labels.",
+                    category=DataConversionWarning,
+                    stacklevel=3,
+                )
+                y_arr = y_arr.ravel()
+            else:
+                raise InputError(
+                    f"y should be a 1d array of labels, got shape {y_arr.shape}; "
+                    "LogprobClassifier does not do multi-output classification."
+                )
+        if len(y_arr) != n:
+            raise InputError(f"X has {n} samples but y has {len(y_arr)}; they must match.")
+        missing = [i for i, v in enumerate(y_arr) if _is_missing(v)]
+        if missing:
+            raise InputError(
+                f"y has missing labels (None or NaN) at rows {_describe_rows(missing)}; "
+                "drop those samples."
+            )
+        for v in y_arr:
+            if isinstance(v, float | np.floating) and not float(v).is_integer():
+                raise InputError(
+                    "Unknown label type: y holds continuous values; LogprobClassifier "
+                    "needs class labels."
+                )
+        try:
+            hash(tuple(y_arr.tolist()))
+        except TypeError as e:
+            raise InputError(f"y holds unhashable labels ({e}).") from e
+        return y_arr
+
+    def _set_features(self, X, table: _Table | None) -> None:
+        for attr in ("n_features_in_", "feature_names_in_"):
+            if hasattr(self, attr):
+                delattr(self, attr)
+        if table is None:
+            return  # zero-shot without data: any input whose columns fit the prompt
+        if table.is_1d:
+            self.n_features_in_ = 1
+        else:
+            validate_data(self, X, reset=True, skip_check_array=True)
+
+    def _build_renderer(self, order: list, words: dict) -> PromptRenderer:
+        template = DEFAULT_PROMPT if self.prompt is None else self.prompt
+        fields = template_row_fields(template)
+        answer_of = dict(zip(self.classes_, self.answers_, strict=True))
+        if self.uses_option_codes_:
+            listed, names = [answer_of[c] for c in order], [words[c] for c in order]
+        else:
+            listed, names = [answer_of[c] for c in order], None
+        examples = []
+        for item in self.examples or ():
+            try:
+                x, label = item
+            except (TypeError, ValueError) as e:
+                raise ConfigurationError(
+                    f"examples must be (text, label) pairs; got {item!r}."
+                ) from e
+            if label not in answer_of:
+                raise ConfigurationError(
+                    f"example label {label!r} is not a class ({list(self.classes_)}); fix "
+                    "the example or add the label to labels=."
+                )
+            if isinstance(x, Mapping):
+                missing = [f for f in fields if f not in x]
+                if missing:
+                    raise ConfigurationError(f"example {x!r} lacks the prompt fields {missing}.")
+                row = dict(x)
+            elif isinstance(x, str):
+                if fields != ("text",):
+                    raise ConfigurationError(
+                        f"the prompt has fields {list(fields)}, so examples must be "
+                        "mappings of those fields, not plain strings."
+                    )
+                row = {"text": x}
+            else:
+                raise ConfigurationError(
+                    f"example text must be a str or a mapping, got {type(x).__name__}."
+                )
+            examples.append((row, answer_of[label]))
+        return PromptRenderer(template, labels=listed, label_names=names, examples=examples)
+
+    def _fit_calibration(self, log_mass, y_idx, sample_weight) -> None:
+        k = len(self.classes_)
+        method = self.calibration
+        if method in ("bias", "affine"):
+            present = np.unique(y_idx)
+            if len(present) < k:
+                absent = [self.classes_[i] for i in range(k) if i not in present]
+                warnings.warn(
+                    f"classes {absent} have no labelled sample; their offset stays neutral (0).",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            self.bias_, self.temperature_ = _cal.fit_offsets(
+                log_mass,
+                y_idx,
+                n_classes=k,
+                alpha=float(self.calibration_alpha),
+                fit_temperature=method == "affine",
+                sample_weight=sample_weight,
+            )
+        elif method == "threshold":
+            metric = self.scoring
+            if isinstance(metric, str):
+                metric = _THRESHOLD_METRICS[metric]
+            p_pos = _scoring.normalize(log_mass)[:, 1]
+            if len(np.unique(y_idx)) < 2:
+                warnings.warn(
+                    "calibration='threshold' saw samples of one class only; the "
+                    "threshold stays at 0.5.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+                self.threshold_ = 0.5
+            else:
+                self.threshold_ = _cal.fit_threshold(p_pos, y_idx == 1, metric)
+        elif method == "contextual":
+            cf = [str(s) for s in self.content_free]
+            if not cf:
+                raise ConfigurationError(
+                    "content_free is empty; give at least one content-free input."
+                )
+            renderer = self.prompt_renderer_
+            prompts = [renderer.render_one(dict.fromkeys(renderer.row_fields, s)) for s in cf]
+            cf_mass, _, _ = self._score_prompts(prompts, self._make_backend())
+            self.bias_ = _cal.contextual_offsets(cf_mass)
+
+    # ------------------------------------------------------------------- scoring
+
+    def _matcher(self, backend: Backend) -> _scoring.TokenMatcher:
+        answers = list(self.answers_)
+        return _scoring.TokenMatcher(answers, backend.first_tokens(answers))
+
+    def render_prompts(self, X) -> list[str]:
+        """The prompts that would be sent for ``X`` (after ``fit``).
+
+        Parameters
+        ----------
+        X : sequence of str, 2-D array-like or DataFrame
+
+        Returns
+        -------
+        list of str
+        """
+        check_is_fitted(self)
+        return self._render(self._check_X(X))
+
+    def _check_X(self, X) -> _Table:
+        table = _as_table(X)
+        if len(table) == 0:
+            raise InputError("X is empty; pass at least one text.")
+        if not hasattr(self, "n_features_in_"):
+            return table  # zero-shot fit without data: nothing to compare with
+        if not table.is_1d:  # feature names and counts, as scikit-learn checks them
+            validate_data(self, X, reset=False, skip_check_array=True)
+        expected = self.n_features_in_
+        if table.n_features != expected:
+            raise InputError(
+                f"X has {table.n_features} features, but LogprobClassifier is expecting "
+                f"{expected} features as input."
+            )
+        return table
+
+    def _render(self, table: _Table) -> list[str]:
+        r = self.prompt_renderer_
+        fields = r.row_fields
+        if table.is_1d:
+            if fields != ("text",):
+                raise InputError(
+                    f"the prompt has the fields {list(fields)}, but X is 1-D texts; pass "
+                    "a DataFrame with those columns or use a prompt with '{text}'."
+                )
+            return r.render_texts(table.texts)
+        cols = table.columns
+        if fields == ("text",) and len(cols) == 1:
+            return r.render_texts([str(row[0]) for row in table.rows])
+        if all(f in cols for f in fields):
+            idx = [cols.index(f) for f in fields]
+            return [
+                r.render_one({f: row[i] for f, i in zip(fields, idx, strict=True)})
+                for row in table.rows
+            ]
+        if fields == ("text",):
+            # A table without a 'text' column: each row is written out as lines of
+            # "column: value".
+            return r.render_texts(
+                [
+                    "\n".join(f"{c}: {v}" for c, v in zip(cols, row, strict=True))
+                    for row in table.rows
+                ]
+            )
+        missing = [f for f in fields if f not in cols]
+        raise InputError(
+            f"the prompt needs the columns {missing}, which X does not have (it has "
+            f"{cols[:20]}); rename the columns or change the prompt's fields."
+        )
+
+    def _score_prompts(self, prompts: list[str], backend: Backend):
+        query = Query(
+            top_logprobs=int(self.top_logprobs),
+            answers=tuple(self.answers_) if backend.exact else (),
+        )
+        completions, usage = fetch_completions(
+            backend, open_cache(self.cache), query, prompts, progress=self.progress
+        )
+        self.usage_.record(usage)
+        if backend.exact:
+            log_mass = np.vstack([c.answer_logprobs for c in completions])
+            floored = np.zeros(log_mass.shape, dtype=bool)
+        else:
+            log_mass, floored = _scoring.label_log_mass(
+                [c.tokens for c in completions],
+                [c.logprobs for c in completions],
+                self._matcher(backend),
+            )
+        return log_mass, floored, completions
+
+    def _score_table(self, table: _Table, backend: Backend):
+        return self._score_prompts(self._render(table), backend)
+
+    def _log_mass(self, X) -> tuple[np.ndarray, np.ndarray]:
+        table = self._check_X(X)
+        log_mass, floored, _ = self._score_table(table, self._make_backend())
+        return log_mass, floored
+
+    # ------------------------------------------------------------------- predict
+
+    def predict_proba(self, X):
+        """Class probabilities, one request per unique text (cached).
+
+        Parameters
+        ----------
+        X : sequence of str, 2-D array-like or DataFrame
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+            Columns in the order of ``classes_``; rows sum to 1.
+        """
+        check_is_fitted(self)
+        log_mass, _ = self._log_mass(X)
+        return _cal.apply_offsets(log_mass, self.bias_, self.temperature_)
+
+    def predict_log_proba(self, X):
+        """Logarithm of :meth:`predict_proba`."""
+        check_is_fitted(self)
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
+
+    def predict(self, X):
+        """The most probable class (or the tuned threshold's decision).
+
+        Parameters
+        ----------
+        X : sequence of str, 2-D array-like or DataFrame
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
+        check_is_fitted(self)
+        proba = self.predict_proba(X)
+        if self.threshold_ is not None:
+            return self.classes_[(proba[:, 1] >= self.threshold_).astype(int)]
+        return self.classes_[proba.argmax(axis=1)]
+
+    def predict_coverage(self, X):
+        """The probability the model put on any label, per sample (before
+        renormalization).
+
+        Low coverage means the model mostly wanted to say something else (see
+        ``other_tokens_``): its label probabilities rest on little mass.
+
+        Parameters
+        ----------
+        X : sequence of str, 2-D array-like or DataFrame
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
+        check_is_fitted(self)
+        log_mass, floored = self._log_mass(X)
+        return _scoring.coverage(log_mass, floored)
+
+    def predict_label_logprobs(self, X):
+        """Raw log-probability mass of each class, before renormalization and
+        calibration.
+
+        Parameters
+        ----------
+        X : sequence of str, 2-D array-like or DataFrame
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+            Where a top-k backend did not return a class at all, the smallest
+            returned log-probability stands in (an upper bound).
+        """
+        check_is_fitted(self)
+        return self._log_mass(X)[0]

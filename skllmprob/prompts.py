@@ -1,0 +1,264 @@
+"""Rendering rows, labels and few-shot examples into prompts.
+
+A prompt template is a :meth:`str.format` string. Two field names are reserved:
+
+``{labels}``
+    The list of answers the model may give.
+``{examples}``
+    The rendered few-shot examples (optional: without it, examples are placed just
+    before the line that holds the first row field).
+
+Every other field is a *row field*: ``{text}`` for 1-D input, or the names of the
+columns of a 2-D table. The template is split into a constant prefix (instructions,
+label list, examples) and a per-row part, so that every prompt shares the same
+prefix: servers with prefix caching and the local backend evaluate it once.
+
+Examples
+--------
+>>> r = PromptRenderer(DEFAULT_PROMPT, labels=["positive", "negative"])
+>>> print(r.render_one({"text": "a gem of a film"}))
+Classify the text into one of these categories: positive, negative.
+<BLANKLINE>
+Text: a gem of a film
+Answer:
+>>> r.prefix.endswith("Text: ")
+True
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping, Sequence
+
+from .exceptions import ConfigurationError
+
+__all__ = [
+    "DEFAULT_PROMPT",
+    "RESERVED_FIELDS",
+    "PromptRenderer",
+    "format_label_list",
+    "template_row_fields",
+]
+
+DEFAULT_PROMPT = (
+    "Classify the text into one of these categories: {labels}.\n\n{examples}Text: {text}\nAnswer:"
+)
+
+RESERVED_FIELDS = frozenset({"labels", "examples"})
+
+_FORMATTER = string.Formatter()
+
+
+def _parse(template: str) -> list[tuple[str, str | None, str | None, str]]:
+    """Split a template into ``(literal, field, conversion, spec)`` pieces."""
+    if not isinstance(template, str):
+        raise ConfigurationError(
+            f"prompt must be a str.format template, got {type(template).__name__}."
+        )
+    try:
+        pieces = []
+        for literal, field, spec, conversion in _FORMATTER.parse(template):
+            if field is not None:
+                if field == "" or field.isdigit():
+                    raise ConfigurationError(
+                        "prompt has a positional field '{}' or '{0}'; name every field, "
+                        "e.g. '{text}' (write '{{' and '}}' for literal braces)."
+                    )
+                if not field.isidentifier():
+                    raise ConfigurationError(
+                        f"prompt field '{{{field}}}' is not a plain name; use fields such "
+                        "as '{text}' or column names (write '{{' and '}}' for literal "
+                        "braces)."
+                    )
+                if spec and ("{" in spec):
+                    raise ConfigurationError(
+                        f"prompt field '{{{field}:{spec}}}' has a nested field in its "
+                        "format spec, which is not supported."
+                    )
+            pieces.append((literal, field, conversion, spec or ""))
+    except ValueError as e:  # unbalanced braces
+        if isinstance(e, ConfigurationError):
+            raise
+        raise ConfigurationError(
+            f"prompt is not a valid template ({e}); write '{{{{' and '}}}}' for literal braces."
+        ) from e
+    return pieces
+
+
+def template_row_fields(template: str) -> tuple[str, ...]:
+    """Row fields of a template, in order of first appearance.
+
+    >>> template_row_fields("{labels}: {title} / {body} / {title}")
+    ('title', 'body')
+    """
+    seen: dict[str, None] = {}
+    for _, field, _, _ in _parse(template):
+        if field is not None and field not in RESERVED_FIELDS:
+            seen.setdefault(field, None)
+    return tuple(seen)
+
+
+def format_label_list(answers: Sequence[str], names: Sequence[str] | None = None) -> str:
+    """Render the ``{labels}`` field.
+
+    Parameters
+    ----------
+    answers : sequence of str
+        What the model should answer for each class, in prompt order.
+    names : sequence of str, optional
+        The class names, when the answers are option codes.
+
+    Examples
+    --------
+    >>> format_label_list(["positive", "negative"])
+    'positive, negative'
+    >>> format_label_list(["A", "B"], names=["very good", "very bad"])
+    'A (very good), B (very bad)'
+    """
+    if names is None:
+        return ", ".join(answers)
+    return ", ".join(f"{a} ({n})" for a, n in zip(answers, names, strict=True))
+
+
+def _format_value(value: object, conversion: str | None, spec: str) -> str:
+    if conversion:
+        value = _FORMATTER.convert_field(value, conversion)
+    if spec:
+        return format(value, spec)
+    return value if isinstance(value, str) else str(value)
+
+
+class PromptRenderer:
+    """A compiled prompt template.
+
+    Parameters
+    ----------
+    template : str
+        The template (see the module docstring).
+    labels : sequence of str
+        The answers listed in ``{labels}``, in prompt order.
+    label_names : sequence of str, optional
+        Class names shown beside option codes.
+    examples : sequence of (mapping, str), optional
+        Few-shot examples: the row's fields and the answer the model should give.
+
+    Attributes
+    ----------
+    row_fields : tuple of str
+        The fields each row must fill.
+    prefix : str
+        The constant part shared by every prompt.
+    """
+
+    def __init__(
+        self,
+        template: str,
+        *,
+        labels: Sequence[str],
+        label_names: Sequence[str] | None = None,
+        examples: Sequence[tuple[Mapping[str, object], str]] = (),
+    ) -> None:
+        pieces = _parse(template)
+        self.template = template
+        self.row_fields = template_row_fields(template)
+        if not self.row_fields:
+            raise ConfigurationError(
+                "prompt has no field for the text: add '{text}' (or the names of the "
+                "columns of X) where the text goes."
+            )
+        label_text = format_label_list(labels, label_names)
+
+        # Split into: head (before the row section), row section.
+        first_row = next(i for i, p in enumerate(pieces) if p[1] in self.row_fields)
+        ex_idx = next((i for i, p in enumerate(pieces) if p[1] == "examples"), None)
+        if ex_idx is not None and ex_idx > first_row:
+            raise ConfigurationError(
+                "prompt places '{examples}' after a row field; put it before the text."
+            )
+        if ex_idx is not None:
+            head = [*pieces[:ex_idx], (pieces[ex_idx][0], None, None, "")]
+            row = pieces[ex_idx + 1 :]
+        else:
+            # The row section starts at the line that holds the first row field.
+            lit = pieces[first_row][0]
+            cut = lit.rfind("\n") + 1
+            head = [*pieces[:first_row], (lit[:cut], None, None, "")]
+            row = [(lit[cut:], *pieces[first_row][1:]), *pieces[first_row + 1 :]]
+        if any(p[1] == "examples" for p in row):
+            raise ConfigurationError(
+                "prompt uses '{examples}' after the text; put the examples before the text."
+            )
+        # The label list is constant: bake it into the row part's literal text.
+        baked: list = []
+        carry = ""
+        for literal, field, conv, spec in row:
+            if field == "labels":
+                carry += literal + _format_value(label_text, conv, spec)
+            else:
+                baked.append((carry + literal, field, conv, spec))
+                carry = ""
+        if carry:
+            baked.append((carry, None, None, ""))
+        row = baked
+
+        def render_fixed(ps: list) -> str:
+            out = []
+            for literal, field, conv, spec in ps:
+                out.append(literal)
+                if field == "labels":
+                    out.append(_format_value(label_text, conv, spec))
+                elif field is not None:
+                    raise AssertionError(field)
+            return "".join(out)
+
+        self._row = row
+        head_text = render_fixed(head)
+        tail = row[-1][0] if row[-1][1] is None else ""
+        # Examples answer after the cue; add a space unless the cue ends in one.
+        self.answer_separator = "" if (tail and tail[-1].isspace()) else " "
+        example_text = "".join(
+            self._render_row(fields) + self.answer_separator + answer + "\n\n"
+            for fields, answer in examples
+        )
+        # The constant prefix runs up to the first row field; after it, each row
+        # field is followed by the literal text that comes next in the template.
+        self.prefix = head_text + example_text + row[0][0]
+        self._rest = [
+            (field, conv, spec, nxt[0])
+            for (_, field, conv, spec), nxt in zip(row, [*row[1:], ("",)], strict=True)
+        ]
+        self._plain_text = (
+            self.row_fields == ("text",)
+            and sum(r[0] is not None for r in self._rest) == 1
+            and not self._rest[0][1]
+            and not self._rest[0][2]
+        )
+        self._trailer = "".join(r[3] for r in self._rest)
+
+    def _render_row(self, fields: Mapping[str, object]) -> str:
+        out = []
+        for literal, field, conv, spec in self._row:
+            out.append(literal)
+            if field is not None:
+                out.append(_format_value(fields[field], conv, spec))
+        return "".join(out)
+
+    def render_one(self, fields: Mapping[str, object]) -> str:
+        """Render the prompt for one row."""
+        out = [self.prefix]
+        for field, conv, spec, next_literal in self._rest:
+            if field is not None:
+                out.append(_format_value(fields[field], conv, spec))
+            out.append(next_literal)
+        return "".join(out)
+
+    def render(self, rows: Sequence[Mapping[str, object]]) -> list[str]:
+        """Render one prompt per row."""
+        return [self.render_one(r) for r in rows]
+
+    def render_texts(self, texts: Sequence[str]) -> list[str]:
+        """Render 1-D input: each text fills the ``{text}`` field."""
+        if self._plain_text:
+            prefix, trailer = self.prefix, self._trailer
+            return [prefix + t + trailer for t in texts]
+        return self.render([{"text": t} for t in texts])

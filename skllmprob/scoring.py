@@ -1,0 +1,368 @@
+"""From next-token log-probabilities to class probabilities.
+
+Pure functions: numpy in, numpy out. The classifier uses them in three steps:
+
+1. :func:`resolve_answers` decides what the model should answer for each class: the
+   label itself (its *verbalizer*) or, when labels cannot be told apart by their
+   first token, single-token option codes (``A``, ``B``, ...).
+2. :class:`TokenMatcher` maps a returned token to the class whose answer it starts
+   (up to case and surrounding whitespace), or to none ("other").
+3. :func:`label_log_mass` sums, per sample, the probability of every token variant
+   of each class (``" positive"``, ``"positive"``, ``"Positive"`` ...) into a
+   class log-mass; :func:`normalize` turns log-masses into probabilities that sum
+   to one over the classes, and :func:`coverage` reports how much of the model's
+   probability fell on the labels at all.
+
+Examples
+--------
+>>> import numpy as np
+>>> m = TokenMatcher(["positive", "negative"])
+>>> tokens = [(" positive", "Positive", " negative", "\\n")]
+>>> logprobs = [np.log([0.30, 0.05, 0.25, 0.40])]
+>>> mass, floored = label_log_mass(tokens, logprobs, m)
+>>> np.round(np.exp(mass), 2)
+array([[0.35, 0.25]])
+>>> np.round(normalize(mass), 3)
+array([[0.583, 0.417]])
+>>> np.round(coverage(mass, floored), 2)
+array([0.6])
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from .exceptions import ConfigurationError
+
+__all__ = [
+    "MIN_LOGPROB",
+    "TokenMatcher",
+    "coverage",
+    "first_word",
+    "label_log_mass",
+    "labels_collide",
+    "normalize",
+    "normalize_token",
+    "option_codes",
+    "other_token_mass",
+    "resolve_answers",
+]
+
+#: Log-probabilities below this are treated as "not returned" (OpenAI sends -9999
+#: for tokens whose probability underflows).
+MIN_LOGPROB = -1000.0
+
+_WORD = re.compile(r"[^\W_]+|[^\w\s]|_", re.UNICODE)
+
+_LETTERS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_DIGITS = tuple("123456789")
+
+
+def normalize_token(token: str) -> str:
+    """Normalize a token or a label for matching: strip whitespace, fold case.
+
+    >>> normalize_token("  Positive\\n")
+    'positive'
+    """
+    return token.strip().casefold()
+
+
+def first_word(answer: str) -> str:
+    """The normalized first word of an answer: what a tokenizer most likely emits
+    first when no tokenizer is at hand.
+
+    Letters and digits form words; ``_`` and punctuation split them.
+
+    >>> first_word(" Sci/Tech")
+    'sci'
+    >>> first_word("card_arrival")
+    'card'
+    >>> first_word("?!")
+    '?'
+    """
+    norm = normalize_token(answer)
+    m = _WORD.search(norm)
+    return m.group(0) if m else norm
+
+
+def labels_collide(answers: Sequence[str], first_tokens: Sequence[Iterable[str]] | None = None):
+    """Find two answers that a first-token reader cannot tell apart.
+
+    Parameters
+    ----------
+    answers : sequence of str
+        The answer of each class.
+    first_tokens : sequence of iterables of str, optional
+        The exact first tokens of each answer's variants, when the backend can
+        tokenize. Without them, :func:`first_word` stands in, and a first word that
+        is a prefix of another class's first word also counts as a collision.
+
+    Returns
+    -------
+    tuple of (int, int) or None
+        The indices of two colliding answers, or ``None``.
+
+    Examples
+    --------
+    >>> labels_collide(["very good", "very bad"])
+    (0, 1)
+    >>> labels_collide(["World", "Sports", "Business", "Sci/Tech"]) is None
+    True
+    >>> labels_collide(["sport", "sports"])
+    (0, 1)
+    """
+    norms = [normalize_token(a) for a in answers]
+    seen: dict[str, int] = {}
+    for i, n in enumerate(norms):
+        if n in seen:
+            return (seen[n], i)
+        seen[n] = i
+    if first_tokens is not None:
+        owner: dict[str, int] = {}
+        for i, toks in enumerate(first_tokens):
+            for t in {normalize_token(t) for t in toks}:
+                if t in owner and owner[t] != i:
+                    return (owner[t], i)
+                owner[t] = i
+        return None
+    words = [first_word(a) for a in answers]
+    for i, wi in enumerate(words):
+        for j, wj in enumerate(words):
+            if i < j and (wi.startswith(wj) or wj.startswith(wi)):
+                return (i, j)
+    return None
+
+
+def option_codes(n_classes: int, style: str = "letters") -> list[str]:
+    """Single-token answer codes for ``n_classes`` options.
+
+    >>> option_codes(3)
+    ['A', 'B', 'C']
+    >>> option_codes(3, "numbers")
+    ['1', '2', '3']
+    """
+    pool = _LETTERS if style == "letters" else _DIGITS
+    if n_classes > len(pool):
+        raise ConfigurationError(
+            f"{n_classes} classes need option codes, but only {len(pool)} single-token "
+            f"{style} codes exist. Give the classes distinct first words (labels="
+            "{label: word}), use fewer classes, or use the local backend, which scores "
+            "whole labels exactly."
+        )
+    return list(pool[:n_classes])
+
+
+def resolve_answers(
+    verbalizers: Sequence[str],
+    *,
+    option_codes_mode: str = "auto",
+    exact: bool = False,
+    first_tokens: Sequence[Iterable[str]] | None = None,
+) -> tuple[list[str], bool]:
+    """Decide what the model should answer for each class.
+
+    Parameters
+    ----------
+    verbalizers : sequence of str
+        The word for each class.
+    option_codes_mode : {"auto", "never", "letters", "numbers"}
+        ``"auto"`` switches to letter codes only when needed; ``"never"`` raises
+        instead; ``"letters"`` and ``"numbers"`` always use codes.
+    exact : bool
+        Whether the backend scores whole answers exactly (then only answers equal up
+        to case and whitespace collide).
+    first_tokens : sequence of iterables of str, optional
+        Exact first tokens per answer, see :func:`labels_collide`.
+
+    Returns
+    -------
+    answers : list of str
+    uses_codes : bool
+
+    Examples
+    --------
+    >>> resolve_answers(["positive", "negative"])
+    (['positive', 'negative'], False)
+    >>> resolve_answers(["very good", "very bad"])
+    (['A', 'B'], True)
+    >>> resolve_answers(["very good", "very bad"], exact=True)
+    (['very good', 'very bad'], False)
+    """
+    verbalizers = list(verbalizers)
+    for v in verbalizers:
+        if not normalize_token(v):
+            raise ConfigurationError(
+                f"label {v!r} is empty or whitespace; the model cannot answer it. Give "
+                "every class a non-empty word (labels={label: word})."
+            )
+    if option_codes_mode in ("letters", "numbers"):
+        return option_codes(len(verbalizers), option_codes_mode), True
+    if exact:
+        norms = [normalize_token(v) for v in verbalizers]
+        clash = next(
+            ((norms.index(n), i) for i, n in enumerate(norms) if norms.index(n) != i), None
+        )
+    else:
+        clash = labels_collide(verbalizers, first_tokens)
+    if clash is None:
+        return verbalizers, False
+    a, b = verbalizers[clash[0]], verbalizers[clash[1]]
+    if option_codes_mode == "never":
+        raise ConfigurationError(
+            f"labels {a!r} and {b!r} start with the same token after lower-casing and "
+            "stripping, so their log-probabilities cannot be told apart. Give them "
+            "distinct words (labels={label: word}) or allow option codes "
+            "(option_codes='auto')."
+        )
+    return option_codes(len(verbalizers)), True
+
+
+class TokenMatcher:
+    """Map returned tokens to classes.
+
+    A token counts for a class when, after stripping whitespace and folding case, it
+    is one of that class's first tokens. With ``first_tokens`` given (a backend that
+    tokenizes), those are exact. Otherwise a token counts when it equals the answer,
+    equals the answer's first word, or is a prefix of that first word at least three
+    characters long that fits no other class (so ``" I"`` or ``" a"`` never count).
+
+    Parameters
+    ----------
+    answers : sequence of str
+    first_tokens : sequence of iterables of str, optional
+
+    Examples
+    --------
+    >>> m = TokenMatcher(["World", "Sports", "Business", "Sci/Tech"])
+    >>> [m(t) for t in [" Sci", "sports", " WORLD", " I", "\\n", " Bus"]]
+    [3, 1, 0, -1, -1, 2]
+    """
+
+    def __init__(
+        self,
+        answers: Sequence[str],
+        first_tokens: Sequence[Iterable[str]] | None = None,
+    ) -> None:
+        self.answers = list(answers)
+        self.n_classes = len(self.answers)
+        self._exact: dict[str, int] = {}
+        self._words: list[str] = []
+        if first_tokens is not None:
+            for i, toks in enumerate(first_tokens):
+                for t in toks:
+                    self._exact.setdefault(normalize_token(t), i)
+        else:
+            for i, a in enumerate(self.answers):
+                self._exact.setdefault(normalize_token(a), i)
+                self._exact.setdefault(first_word(a), i)
+            self._words = [first_word(a) for a in self.answers]
+        self._memo: dict[str, int] = {}
+
+    def __call__(self, token: str) -> int:
+        hit = self._memo.get(token)
+        if hit is not None:
+            return hit
+        norm = normalize_token(token)
+        idx = self._exact.get(norm, -1) if norm else -1
+        if idx < 0 and len(norm) >= 3 and self._words:
+            owners = [i for i, w in enumerate(self._words) if w.startswith(norm)]
+            if len(owners) == 1:
+                idx = owners[0]
+        if len(self._memo) < 100_000:
+            self._memo[token] = idx
+        return idx
+
+
+def label_log_mass(
+    tokens: Sequence[Sequence[str]],
+    logprobs: Sequence[np.ndarray],
+    matcher: TokenMatcher,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class log-probability mass from top-k next-token log-probabilities.
+
+    Parameters
+    ----------
+    tokens : sequence of sequences of str
+        The returned top tokens of each sample.
+    logprobs : sequence of 1-D arrays
+        Their log-probabilities.
+    matcher : TokenMatcher
+
+    Returns
+    -------
+    log_mass : ndarray of shape (n_samples, n_classes)
+        ``log`` of the summed probability of each class's tokens. A class with no
+        token in the list gets the smallest log-probability in the list: an upper
+        bound on the probability of any token not listed.
+    floored : ndarray of bool, shape (n_samples, n_classes)
+        Where that bound stands in for a missing class.
+    """
+    n, k = len(tokens), matcher.n_classes
+    mass = np.zeros((n, k))
+    floor = np.empty(n)
+    for i, (toks, lps) in enumerate(zip(tokens, logprobs, strict=True)):
+        lps = np.asarray(lps, dtype=float)
+        valid = lps > MIN_LOGPROB
+        floor[i] = lps[valid].min() if valid.any() else MIN_LOGPROB
+        row = mass[i]
+        probs = np.exp(lps)
+        for t, p, ok in zip(toks, probs, valid, strict=True):
+            if ok:
+                c = matcher(t)
+                if c >= 0:
+                    row[c] += p
+    floored = mass <= 0.0
+    with np.errstate(divide="ignore"):
+        log_mass = np.log(mass)
+    log_mass = np.where(floored, floor[:, None], log_mass)
+    return log_mass, floored
+
+
+def other_token_mass(
+    tokens: Sequence[Sequence[str]],
+    logprobs: Sequence[np.ndarray],
+    matcher: TokenMatcher,
+) -> Counter:
+    """Summed probability of every non-label token over all samples.
+
+    >>> m = TokenMatcher(["yes", "no"])
+    >>> other_token_mass([["yes", "\\n"], [" maybe", "\\n"]],
+    ...                  [np.log([0.5, 0.25]), np.log([0.5, 0.25])], m)
+    Counter({'\\n': 0.5, ' maybe': 0.5})
+    """
+    out: Counter = Counter()
+    for toks, lps in zip(tokens, logprobs, strict=True):
+        for t, lp in zip(toks, np.asarray(lps, dtype=float), strict=True):
+            if lp > MIN_LOGPROB and matcher(t) < 0:
+                out[t] += float(np.exp(lp))
+    return out
+
+
+def normalize(log_mass: np.ndarray) -> np.ndarray:
+    """Renormalize class log-masses into probabilities (a row-wise softmax).
+
+    >>> normalize(np.log([[0.2, 0.6]]))
+    array([[0.25, 0.75]])
+    """
+    z = np.asarray(log_mass, dtype=float)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def coverage(log_mass: np.ndarray, floored: np.ndarray | None = None) -> np.ndarray:
+    """The probability the model put on any of the labels, per sample.
+
+    Bounds that stand in for classes missing from a top-k list do not count.
+
+    >>> coverage(np.log([[0.2, 0.3]]))
+    array([0.5])
+    """
+    p = np.exp(np.asarray(log_mass, dtype=float))
+    if floored is not None:
+        p = np.where(floored, 0.0, p)
+    return np.clip(p.sum(axis=1), 0.0, 1.0)

@@ -1,0 +1,37 @@
+"""Shared fixtures: every test gets its own cache folder; nothing touches ~/.cache."""
+
+from __future__ import annotations
+
+import pytest
+
+from skllmprob.backends import DeterministicBackend
+
+REVIEWS = [
+    ("what a great film, I loved it", "positive"),
+    ("a wonderful and moving story", "positive"),
+    ("brilliant acting, a real gem", "positive"),
+    ("fun from start to end, excellent", "positive"),
+    ("a superb and beautiful masterpiece", "positive"),
+    ("boring, dull and far too long", "negative"),
+    ("an awful mess, I hated it", "negative"),
+    ("the worst film of the year, terrible", "negative"),
+    ("tedious plot and poor acting", "negative"),
+    ("a stupid, disappointing waste of time", "negative"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SKLLMPROB_CACHE_DIR", str(tmp_path / "skllmprob-cache"))
+
+
+@pytest.fixture
+def reviews():
+    texts = [t for t, _ in REVIEWS]
+    labels = [y for _, y in REVIEWS]
+    return texts, labels
+
+
+@pytest.fixture
+def det():
+    return DeterministicBackend()
