@@ -176,10 +176,12 @@ def _check_cells(table: _Table, name: str) -> None:
                 "of values."
             )
         table.texts = [str(t) for t in table.texts]  # np.str_ -> str
+        _check_encodable(table.texts, name)
         return
     for i, row in enumerate(table.rows):
         for j, v in enumerate(row):
             if isinstance(v, str):
+                _check_encodable([v], f"{name} row {i}, column {table.columns[j]!r}:")
                 continue
             if _is_missing(v):
                 raise InputError(
@@ -202,6 +204,20 @@ def _check_cells(table: _Table, name: str) -> None:
                 f"{name} row {i}, column {table.columns[j]!r} holds a "
                 f"{type(v).__name__}; table cells must be str or numbers."
             )
+
+
+def _check_encodable(texts: Sequence[str], name: str) -> None:
+    """Reject lone surrogates: no backend can send or tokenize them."""
+    for i, t in enumerate(texts):
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            where = f"{name} row {i}" if not name.endswith(":") else name[:-1]
+            raise InputError(
+                f"{where} is not valid Unicode (a lone surrogate {t[e.start]!r} at "
+                f"character {e.start}); clean it, e.g. "
+                "text.encode('utf-8', 'replace').decode('utf-8')."
+            ) from e
 
 
 class LogprobClassifier(ClassifierMixin, BaseEstimator):
