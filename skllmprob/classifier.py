@@ -661,7 +661,11 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
     @staticmethod
     def _sorted_classes(order: list) -> np.ndarray:
         arr = np.asarray(order)
-        if arr.dtype.kind in "OUS" and not all(isinstance(v, str) for v in order):
+        if arr.dtype.kind in "OUS" and (
+            not all(isinstance(v, str) for v in order)
+            # numpy's fixed-width strings drop trailing NULs: keep the labels intact.
+            or arr.tolist() != [str(v) for v in order]
+        ):
             arr = np.asarray(order, dtype=object)
         try:
             return np.unique(arr)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from skllmprob import ConfigurationError, InputError, LogprobClassifier
@@ -82,6 +82,7 @@ def test_bad_X_is_a_clear_error(X, match):
 
 @settings(max_examples=60)
 @given(st.lists(st.text(min_size=1, max_size=12), min_size=2, max_size=6))
+@example(["0", "\x00"])  # numpy's fixed-width strings would drop the NUL
 def test_any_label_set_works_or_is_a_clear_error(labels):
     """Labels are free text: duplicates, blanks and first-token clashes are errors or
     option codes, never a crash."""
