@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# scikit-learn's array-API estimator check runs only when SciPy's array API support is
+# switched on before SciPy is first imported; with it, no estimator check is skipped.
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
+
 import pytest
 
 from skllmprob.backends import DeterministicBackend
