@@ -1,0 +1,525 @@
+"""The ``skllmprob`` command line.
+
+Most tests run the installed console script (or ``python -m skllmprob``) in a
+subprocess on small CSV files written in ``tmp_path``, on the deterministic backend;
+the error matrix runs :func:`skllmprob.cli.main` in-process (the same code the
+script runs), which is much faster. Tests marked ``local`` run the embedded model.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+
+from skllmprob import LogprobClassifier, LogprobsUnsupportedError
+from skllmprob.backends import DeterministicBackend
+from skllmprob.cli import main
+from skllmprob.demo import REVIEWS
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(sys.executable).parent / "skllmprob"
+DET = ["--backend", "deterministic"]
+
+TRAIN = REVIEWS[1::2]  # 20 reviews, both labels
+TEST = REVIEWS[::4]  # 10 reviews, disjoint from TRAIN
+
+
+def write_csv(path: Path, header, rows) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def read_rows(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def script_command(module: bool = False) -> list[str]:
+    if module or not SCRIPT.exists():
+        return [sys.executable, "-m", "skllmprob"]
+    return [str(SCRIPT)]
+
+
+def run_script(args, *, cwd, input=None, module=False, timeout=180):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return subprocess.run(
+        [*script_command(module), *map(str, args)],
+        cwd=cwd,
+        input=input,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def run_main(*args, stdin: str = ""):
+    out, err = io.StringIO(), io.StringIO()
+    code = main([str(a) for a in args], stdin=io.StringIO(stdin), stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def error_line(err: str) -> str:
+    """The stderr of a failed run must be exactly one line of the expected form."""
+    lines = err.strip("\n").split("\n")
+    assert len(lines) == 1, err
+    assert lines[0].startswith("skllmprob"), err
+    assert ": error: " in lines[0], err
+    return lines[0]
+
+
+@pytest.fixture
+def files(tmp_path):
+    """reviews.csv (text, label), train.csv, test.csv in tmp_path."""
+    write_csv(tmp_path / "train.csv", ["text", "label"], TRAIN)
+    write_csv(tmp_path / "test.csv", ["text", "label"], TEST)
+    write_csv(tmp_path / "reviews.csv", ["id", "text"], [(i, t) for i, (t, _) in enumerate(TEST)])
+    return tmp_path
+
+
+# ------------------------------------------------------------ the script, end to end
+
+
+def test_classify_file_to_stdout(files):
+    r = run_script(
+        ["classify", "reviews.csv", "--labels", "positive", "negative", *DET], cwd=files
+    )
+    assert r.returncode == 0, r.stderr
+    rows = read_rows(r.stdout)
+    assert len(rows) == len(TEST)
+    assert list(rows[0]) == [
+        "id",
+        "text",
+        "proba_positive",
+        "proba_negative",
+        "predicted",
+        "coverage",
+    ]
+    assert [row["text"] for row in rows] == [t for t, _ in TEST]
+    for row in rows:
+        p = np.array([float(row["proba_positive"]), float(row["proba_negative"])])
+        assert abs(p.sum() - 1) < 1e-5
+        if p[0] != p[1]:
+            assert row["predicted"] == ("positive" if p[0] > p[1] else "negative")
+        assert 0 <= float(row["coverage"]) <= 1
+    # Same numbers as the library gives in-process.
+    clf = LogprobClassifier(
+        labels=["positive", "negative"], backend="deterministic", cache=False
+    ).fit(None, None)
+    expected = clf.predict_proba([t for t, _ in TEST])
+    got = np.array([[float(r["proba_negative"]), float(r["proba_positive"])] for r in rows])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # Statistics on stderr: every prompt sent once, nothing from the cache yet.
+    assert f"{len(TEST)} prompts: {len(TEST)} sent, 0 from the cache" in r.stderr
+    assert "completions.sqlite" in r.stderr
+
+
+def test_stdin_to_stdout_with_dash_and_python_dash_m(files):
+    data = (files / "reviews.csv").read_text()
+    r = run_script(
+        ["classify", "-", "--labels", "positive", "negative", "--output", "-", *DET, "-q"],
+        cwd=files,
+        input=data,
+        module=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""  # --quiet: nothing but the CSV
+    rows = read_rows(r.stdout)
+    assert len(rows) == len(TEST) and "predicted" in rows[0]
+
+
+def test_output_file_second_run_is_answered_by_the_cache(files):
+    args = ["classify", "reviews.csv", "--labels", "positive", "negative", "-o", "out.csv"]
+    first = run_script([*args, *DET], cwd=files)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == ""
+    assert f"wrote {len(TEST)} rows to out.csv" in first.stderr
+    second = run_script([*args, *DET], cwd=files)
+    assert second.returncode == 0, second.stderr
+    assert f"{len(TEST)} prompts: 0 sent, {len(TEST)} from the cache" in second.stderr
+    assert read_rows((files / "out.csv").read_text())[0]["id"] == "0"
+
+
+def test_fit_then_predict_roundtrip_with_joblib(files):
+    fit = run_script(
+        ["fit", "train.csv", "--output", "model.joblib", "--calibration", "bias", *DET],
+        cwd=files,
+    )
+    assert fit.returncode == 0, fit.stderr
+    assert "calibration bias" in fit.stderr and "saved to model.joblib" in fit.stderr
+    clf = joblib.load(files / "model.joblib")
+    assert isinstance(clf, LogprobClassifier)
+    assert list(clf.classes_) == ["negative", "positive"]
+    assert clf.calibration == "bias" and np.any(clf.bias_ != 0)
+
+    pred = run_script(["predict", "model.joblib", "reviews.csv"], cwd=files)
+    assert pred.returncode == 0, pred.stderr
+    rows = read_rows(pred.stdout)
+    got = np.array([[float(r["proba_negative"]), float(r["proba_positive"])] for r in rows])
+    np.testing.assert_allclose(got, clf.predict_proba([t for t, _ in TEST]), atol=1e-5)
+    assert [r["predicted"] for r in rows] == list(clf.predict([t for t, _ in TEST]))
+    # The saved model keeps its cache: predicting the training texts costs nothing.
+    again = run_script(["predict", "model.joblib", "train.csv", "-o", "p.csv"], cwd=files)
+    assert again.returncode == 0, again.stderr
+    assert f"{len(TRAIN)} prompts: 0 sent, {len(TRAIN)} from the cache" in again.stderr
+
+
+def test_evaluate_writes_report_and_plots(files):
+    r = run_script(
+        ["evaluate", "test.csv", "--train", "train.csv", "--report", "rep", *DET], cwd=files
+    )
+    assert r.returncode == 0, r.stderr
+    for heading in ("accuracy", "macro F1", "log loss", "Brier", "ECE", "coverage"):
+        assert heading in r.stdout
+    assert "TF-IDF + logistic regression" in r.stdout
+    assert "deterministic, calibration=bias" in r.stdout
+    assert "confusion matrix" in r.stdout
+    rep = files / "rep"
+    for name in ("report.md", "reliability.png", "confusion.png", "predictions.csv"):
+        assert (rep / name).is_file(), name
+    for png in ("reliability.png", "confusion.png"):
+        data = (rep / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    md = (rep / "report.md").read_text()
+    assert "![Reliability diagram](reliability.png)" in md
+    # The accuracy in the report is the accuracy of predictions.csv.
+    preds = read_rows((rep / "predictions.csv").read_text())
+    acc = np.mean([p["predicted"] == p["label"] for p in preds])
+    row = next(line for line in md.splitlines() if "calibration=bias |" in line)
+    assert row.split("|")[2].strip() == f"{acc:.3f}"
+
+
+def test_failure_loses_nothing_and_the_rerun_resumes(files):
+    # The 4th review makes the backend fail: the first three answers are cached.
+    failing = TEST[3][0]
+    args = ["classify", "reviews.csv", "--labels", "positive", "negative", *DET]
+    r = run_script([*args, "--backend-option", f"fail_on={failing}"], cwd=files)
+    assert r.returncode == 1
+    line = error_line(r.stderr)
+    assert "told to fail" in line
+    assert "running the same command again sends only the rest" in line
+    assert r.stdout == ""
+    again = run_script(args, cwd=files)
+    assert again.returncode == 0, again.stderr
+    assert f"{len(TEST)} prompts: {len(TEST) - 3} sent, 3 from the cache" in again.stderr
+
+
+def test_errors_are_one_line_with_exit_status(files):
+    missing = run_script(["classify", "nope.csv", "--labels", "a", "b", *DET], cwd=files)
+    assert missing.returncode == 1
+    assert error_line(missing.stderr) == "skllmprob: error: nope.csv: no such file."
+    usage = run_script(["classify", "--labels", "a", "b", "reviews.csv"], cwd=files)
+    assert usage.returncode == 2
+    assert "must come after the file names" in error_line(usage.stderr)
+    assert usage.stdout == ""
+
+
+def test_progress_bar_can_be_forced(files):
+    r = run_script(
+        ["classify", "reviews.csv", "--labels", "positive", "negative", "--progress", *DET],
+        cwd=files,
+    )
+    assert r.returncode == 0, r.stderr
+    assert f"skllmprob:   0%|          | 0/{len(TEST)} [" in r.stderr  # tqdm's bar
+
+
+def test_help_version_and_demo(files):
+    r = run_script(["--help"], cwd=files)
+    assert r.returncode == 0
+    for command in ("classify", "fit", "predict", "evaluate", "demo"):
+        assert command in r.stdout
+    demo = run_script(["demo", "--backend", "deterministic", "--quiet"], cwd=files)
+    assert demo.returncode == 0, demo.stderr
+    assert demo.stdout.startswith("accuracy ") and "on 40 reviews" in demo.stdout
+
+
+# ------------------------------------------------------------ in-process: errors
+
+
+def test_missing_and_empty_files(files):
+    (files / "empty.csv").write_text("")
+    (files / "header.csv").write_text("text,label\n")
+    cases = {
+        "nope.csv": "nope.csv: no such file.",
+        "empty.csv": "empty.csv is empty; it needs a header row and at least one row.",
+        "header.csv": "header.csv has a header (text, label) but no rows; nothing to do.",
+    }
+    for name, message in cases.items():
+        code, out, err = run_main("classify", files / name, "--labels", "a", "b", *DET)
+        assert code == 1 and out == ""
+        assert error_line(err) == f"skllmprob: error: {files / message}"
+
+
+def test_missing_column(files):
+    code, _, err = run_main(
+        "classify", files / "reviews.csv", "--labels", "a", "b", "--text-column", "review", *DET
+    )
+    assert code == 1
+    assert error_line(err).endswith(
+        "reviews.csv has no column 'review' (its columns: id, text); choose one with "
+        "--text-column."
+    )
+    code, _, err = run_main("fit", files / "reviews.csv", "-o", files / "m.joblib", *DET)
+    assert code == 1
+    assert "has no column 'label'" in error_line(err) and "--label-column" in err
+    assert not (files / "m.joblib").exists()
+
+
+def test_unknown_and_empty_labels_in_labelled_files(files):
+    rows = [*TRAIN[:3], ("a so-so film", "neutral")]
+    write_csv(files / "bad.csv", ["text", "label"], rows)
+    code, _, err = run_main(
+        "fit",
+        files / "bad.csv",
+        "-o",
+        files / "m.joblib",
+        "--labels",
+        "positive",
+        "negative",
+        *DET,
+    )
+    assert code == 1
+    assert error_line(err).endswith(
+        "bad.csv line 5: unknown label 'neutral', not one of --labels (positive, negative); "
+        "fix the file or add the label."
+    )
+    # evaluate: a test label that the training file does not have.
+    code, _, err = run_main("evaluate", files / "bad.csv", "--train", files / "train.csv", *DET)
+    assert code == 1
+    assert "bad.csv line 5: unknown label 'neutral', not one of the labels of" in error_line(err)
+    write_csv(files / "blank.csv", ["text", "label"], [*TRAIN[:3], ("no label here", "")])
+    code, _, err = run_main("fit", files / "blank.csv", "-o", files / "m.joblib", *DET)
+    assert code == 1
+    assert "blank.csv line 5: the label ('label') is empty" in error_line(err)
+
+
+def test_malformed_csv(files):
+    (files / "ragged.csv").write_text("text,label\nfine,positive\ntoo,many,fields\n")
+    code, _, err = run_main("fit", files / "ragged.csv", "-o", files / "m.joblib", *DET)
+    assert code == 1
+    assert "ragged.csv line 3 has 3 fields but the header has 2" in error_line(err)
+    (files / "latin1.csv").write_bytes("text\ncaf\xe9\n".encode("latin-1"))
+    code, _, err = run_main("classify", files / "latin1.csv", "--labels", "a", "b", *DET)
+    assert code == 1
+    assert "latin1.csv is not UTF-8 text (byte 0xe9 on line 2); save it as UTF-8." in err
+
+
+def test_model_without_logprobs_is_one_line(files, monkeypatch):
+    def no_logprobs(self, prompts, query, *, on_result):
+        raise LogprobsUnsupportedError(
+            "model 'reasoner' returned no log-probabilities; use a model that returns them."
+        )
+
+    monkeypatch.setattr(DeterministicBackend, "complete", no_logprobs)
+    code, out, err = run_main("classify", files / "reviews.csv", "--labels", "a", "b", *DET)
+    assert code == 1 and out == ""
+    assert error_line(err) == (
+        "skllmprob: error: model 'reasoner' returned no log-probabilities; use a model that "
+        "returns them.; the answers received so far are in the cache, so running the same "
+        "command again sends only the rest"
+    )
+
+
+def test_bad_options(files):
+    reviews = files / "reviews.csv"
+    cases = [
+        (["classify", reviews, "--labels", "a", "a", *DET], "--labels lists a more than once"),
+        (["classify", reviews, "--labels", "a", *DET], "--labels needs at least two labels"),
+        (["classify", reviews, *DET], "give the candidate labels with --labels"),
+        (
+            ["classify", reviews, "--labels", "a", "b", "--cache", files / "c", "--no-cache"],
+            "--cache and --no-cache contradict each other",
+        ),
+        (
+            ["classify", reviews, "--labels", "a", "b", "--api-key-env", "NO_SUCH_VAR_XYZ"],
+            "the environment variable NO_SUCH_VAR_XYZ is not set",
+        ),
+        (
+            ["evaluate", files / "test.csv", "--calibration", "bias", *DET],
+            "--calibration bias learns from labelled samples; give --train",
+        ),
+        (
+            ["evaluate", files / "test.csv", "--load", files / "m.joblib", "--model", "x"],
+            "--load evaluates a saved classifier with its own settings; drop --model",
+        ),
+        (
+            ["classify", reviews, "--labels", "a", "b", "-o", files / "no" / "out.csv", *DET],
+            "the folder",
+        ),
+    ]
+    for args, message in cases:
+        code, out, err = run_main(*args)
+        assert code == 1, (args, err)
+        assert message in error_line(err), (args, err)
+        assert out == ""
+    code, _, err = run_main("classify", reviews, "--labels", "a", "b", "--top-logprobs", "0")
+    assert code == 2 and "must be at least 1" in error_line(err)
+    code, _, err = run_main("frobnicate")
+    assert code == 2 and "invalid choice: 'frobnicate'" in error_line(err)
+
+
+def test_output_columns_clash(files):
+    write_csv(files / "scored.csv", ["text", "predicted"], [("a fine film", "x")])
+    code, _, err = run_main(
+        "classify", files / "scored.csv", "--labels", "positive", "negative", *DET
+    )
+    assert code == 1
+    assert "already has the column(s) predicted, which the output adds" in error_line(err)
+
+
+def test_predict_needs_a_saved_model(files):
+    joblib.dump({"not": "a model"}, files / "dict.joblib")
+    (files / "junk.joblib").write_text("not a pickle")
+    cases = {
+        "none.joblib": "none.joblib: no such file",
+        "dict.joblib": "holds a dict, not a LogprobClassifier",
+        "junk.joblib": "junk.joblib is not a model saved by 'skllmprob fit'",
+    }
+    for name, message in cases.items():
+        code, _, err = run_main("predict", files / name, files / "reviews.csv")
+        assert code == 1 and message in error_line(err), err
+
+
+def test_prompt_file_examples_and_no_cache(files):
+    # A prompt with its own wording; few-shot examples from a CSV; --no-cache sends
+    # each prompt once within the run and leaves nothing in the cache folder.
+    (files / "prompt.txt").write_text(
+        "Is this review positive or negative? Answer {labels}.\n\n{examples}Review: {text}\n"
+        "Answer:\n"
+    )
+    write_csv(files / "shots.csv", ["text", "label"], TRAIN[:2])
+    before = DeterministicBackend.request_count()
+    code, out, err = run_main(
+        "classify", files / "reviews.csv", "--labels", "positive", "negative",
+        "--prompt-file", files / "prompt.txt", "--examples", files / "shots.csv",
+        "--no-cache", *DET,
+    )  # fmt: skip
+    assert code == 0, err
+    assert DeterministicBackend.request_count() - before == len(TEST)
+    assert "cache off" in err
+    assert not (Path(os.environ["SKLLMPROB_CACHE_DIR"]) / "completions.sqlite").exists()
+    assert len(read_rows(out)) == len(TEST)
+    # The examples' labels must be among --labels.
+    write_csv(files / "odd.csv", ["text", "label"], [("meh", "neutral")])
+    code, _, err = run_main(
+        "classify", files / "reviews.csv", "--labels", "positive", "negative",
+        "--examples", files / "odd.csv", *DET,
+    )  # fmt: skip
+    assert code == 1 and "odd.csv line 2: unknown label 'neutral'" in error_line(err)
+
+
+def test_multi_column_prompt(files):
+    pytest.importorskip("pandas")
+    write_csv(
+        files / "news.csv",
+        ["title", "body", "label"],
+        [("Great match", "A wonderful, fun final.", "positive"),
+         ("Dull budget", "A boring and tedious debate.", "negative")],
+    )  # fmt: skip
+    (files / "p.txt").write_text("Labels: {labels}.\n\nTitle: {title}\nBody: {body}\nAnswer:")
+    code, out, err = run_main(
+        "fit", files / "news.csv", "-o", files / "m.joblib", "--prompt-file", files / "p.txt",
+        "--calibration", "none", *DET,
+    )  # fmt: skip
+    assert code == 0, err
+    code, out, err = run_main("predict", files / "m.joblib", files / "news.csv")
+    assert code == 0, err
+    assert [r["predicted"] for r in read_rows(out)] == ["positive", "negative"]
+    code, _, err = run_main("predict", files / "m.joblib", files / "reviews.csv")
+    assert code == 1
+    assert "has no column 'title', which the prompt uses as {title}" in error_line(err)
+    code, _, err = run_main(
+        "predict", files / "m.joblib", files / "news.csv", "--text-column", "body"
+    )
+    assert code == 1 and "--text-column is for prompts with a single {text}" in err
+
+
+def test_evaluate_without_train_cross_validates_the_baseline(files):
+    code, out, err = run_main("evaluate", files / "test.csv", *DET)
+    assert code == 0, err
+    assert "deterministic, calibration=none" in out
+    assert "cross-validation on" in out and "(no --train given)" in out
+    code, out, err = run_main("evaluate", files / "test.csv", "--no-baseline", *DET)
+    assert code == 0 and "TF-IDF" not in out
+
+
+def test_evaluate_loaded_model_and_threshold(files):
+    code, _, err = run_main(
+        "fit", files / "train.csv", "-o", files / "t.joblib", "--calibration", "threshold",
+        "--scoring", "balanced_accuracy", *DET,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "threshold" in err and "on P(positive)" in err
+    code, out, err = run_main(
+        "evaluate", files / "test.csv", "--load", files / "t.joblib", "--train",
+        files / "train.csv",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "calibration=threshold" in out and f"loaded from {files / 't.joblib'}" in out
+    # One request per test text; the uncalibrated twin is answered by the cache.
+    assert f"{len(TEST)} prompts: {len(TEST)} sent, 0 from the cache" in err
+
+
+def test_warnings_are_single_lines(files):
+    # Only positive samples with --labels: the negative offset stays neutral, and the
+    # library warns about it; the command shows it as one line.
+    write_csv(files / "pos.csv", ["text", "label"], [r for r in TRAIN if r[1] == "positive"])
+    code, _, err = run_main(
+        "fit", files / "pos.csv", "-o", files / "m.joblib", "--labels", "positive", "negative",
+        *DET,
+    )  # fmt: skip
+    assert code == 0, err
+    warning = [line for line in err.splitlines() if ": warning: " in line]
+    assert any("negative" in w and "have no labelled sample" in w for w in warning), err
+
+
+def test_quiet_prints_nothing_on_success(files):
+    code, out, err = run_main(
+        "fit", files / "train.csv", "-o", files / "m.joblib", "--quiet", *DET
+    )
+    assert code == 0 and out == "" and err == ""
+
+
+# ------------------------------------------------------------ the embedded model
+
+
+@pytest.mark.local
+def test_local_classify_fit_predict_evaluate(files):
+    """The real embedded model, through the console script, on a handful of rows."""
+    obvious = [
+        ("A wonderful, moving film; I loved every minute.", "positive"),
+        ("Brilliant acting and a beautiful story.", "positive"),
+        ("Awful, boring and far too long. I hated it.", "negative"),
+        ("The worst film of the year, a terrible mess.", "negative"),
+    ]
+    write_csv(files / "obvious.csv", ["text", "label"], obvious)
+    r = run_script(["classify", "obvious.csv", "--labels", "positive", "negative"], cwd=files)
+    assert r.returncode == 0, r.stderr
+    rows = read_rows(r.stdout)
+    assert len(rows) == 4
+    for row in rows:
+        p = float(row["proba_positive"]) + float(row["proba_negative"])
+        assert abs(p - 1) < 1e-5 and 0 < float(row["coverage"]) <= 1
+    correct = sum(row["predicted"] == row["label"] for row in rows)
+    assert correct >= 3, rows
+
+    fit = run_script(["fit", "obvious.csv", "-o", "m.joblib", "--calibration", "bias"], cwd=files)
+    assert fit.returncode == 0, fit.stderr
+    pred = run_script(["predict", "m.joblib", "obvious.csv"], cwd=files)
+    assert pred.returncode == 0, pred.stderr
+    assert "4 prompts: 0 sent, 4 from the cache" in pred.stderr
+    ev = run_script(["evaluate", "obvious.csv", "--report", "rep", "--no-baseline"], cwd=files)
+    assert ev.returncode == 0, ev.stderr
+    assert "Gemma 3 270M, calibration=none" in ev.stdout
+    assert (files / "rep" / "report.md").is_file()
