@@ -8,11 +8,16 @@ script runs), which is much faster. Tests marked ``local`` run the embedded mode
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
+import re
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import joblib
@@ -213,6 +218,41 @@ def test_failure_loses_nothing_and_the_rerun_resumes(files):
     again = run_script(args, cwd=files)
     assert again.returncode == 0, again.stderr
     assert f"{len(TEST)} prompts: {len(TEST) - 3} sent, 3 from the cache" in again.stderr
+
+
+def test_interrupt_keeps_the_answers_received(files):
+    cache = Path(os.environ["SKLLMPROB_CACHE_DIR"]) / "completions.sqlite"
+    args = ["classify", "test.csv", "--labels", "positive", "negative", *DET, "-o", "o.csv"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [*script_command(), *args, "--backend-option", "latency=0.2"],
+        cwd=files,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 60
+    done = 0
+    while done < 2 and time.monotonic() < deadline:  # wait for two answers
+        time.sleep(0.1)
+        if cache.exists():
+            with (
+                contextlib.closing(sqlite3.connect(cache)) as db,
+                contextlib.suppress(sqlite3.OperationalError),
+            ):
+                done = db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err == (
+        "skllmprob: interrupted; the answers received so far are in the cache, so running "
+        "the same command again sends only the rest\n"
+    )
+    assert not (files / "o.csv").exists()
+    again = run_script(args, cwd=files)
+    assert again.returncode == 0, again.stderr
+    hits = int(re.search(r"(\d+) from the cache", again.stderr)[1])
+    assert 2 <= hits < len(TEST)
 
 
 def test_errors_are_one_line_with_exit_status(files):
