@@ -484,7 +484,7 @@ class _Run:
         self.usage.add(delta)
 
     def cache_description(self) -> str:
-        if self.cache_is_temporary:
+        if self.cache_is_temporary or self.cache_setting is False:
             return "cache off"
         from .cache import open_cache
 
@@ -572,7 +572,6 @@ def main(
 
     run = _Run(args, argv, stdin, stdout, stderr)
     with warnings.catch_warnings():
-        warnings.simplefilter("default")
         seen: set[str] = set()
 
         def show(message, category, filename, lineno, file=None, line=None):
@@ -589,7 +588,7 @@ def main(
             run.report_usage()
             return code
         except KeyboardInterrupt:
-            stderr.write(f"{PROG}: interrupted{_resume_hint(run)}\n")
+            stderr.write(f"{PROG}: interrupted.{_resume_hint(run)}\n")
             return EXIT_INTERRUPTED
         except BrokenPipeError:
             with contextlib.suppress(OSError):
@@ -599,7 +598,9 @@ def main(
         except Exception as e:
             if args.traceback:
                 traceback.print_exc(file=stderr)
-            stderr.write(f"{PROG}: error: {_describe(e)}{_resume_hint(run, e)}\n")
+            hint = _resume_hint(run, e)
+            message = _sentence(_describe(e)) if hint else _describe(e)
+            stderr.write(f"{PROG}: error: {message}{hint}\n")
             stderr.flush()
             return EXIT_ERROR
 
@@ -626,14 +627,18 @@ def _resume_hint(run: _Run, e: BaseException | None = None) -> str:
         return ""
     if run.classifier is None:
         return ""
-    if run.cache_is_temporary:
-        return " (--no-cache: the answers received so far are not kept)"
-    done = ""
+    if run.cache_is_temporary or run.cache_setting is False:
+        return " The answers received so far are not kept (no cache)."
     if isinstance(e, PartialResultsError):
-        done = f"{e.n_completed} new answers and all earlier ones are "
+        kept = f"The {e.n_completed} answers received in this run are"
     else:
-        done = "the answers received so far are "
-    return f"; {done}in the cache, so running the same command again sends only the rest"
+        kept = "The answers received so far are"
+    return f" {kept} in the cache; running the same command again sends only the rest."
+
+
+def _sentence(text: str) -> str:
+    text = text.rstrip()
+    return text if text.endswith((".", "!", "?")) else text + "."
 
 
 # ------------------------------------------------------------------------ helpers

@@ -213,7 +213,10 @@ def test_failure_loses_nothing_and_the_rerun_resumes(files):
     assert r.returncode == 1
     line = error_line(r.stderr)
     assert "told to fail" in line
-    assert "running the same command again sends only the rest" in line
+    assert line.endswith(
+        "The answers received so far are in the cache; running the same command again "
+        "sends only the rest."
+    )
     assert r.stdout == ""
     again = run_script(args, cwd=files)
     assert again.returncode == 0, again.stderr
@@ -245,8 +248,8 @@ def test_interrupt_keeps_the_answers_received(files):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err == (
-        "skllmprob: interrupted; the answers received so far are in the cache, so running "
-        "the same command again sends only the rest\n"
+        "skllmprob: interrupted. The answers received so far are in the cache; running the "
+        "same command again sends only the rest.\n"
     )
     assert not (files / "o.csv").exists()
     again = run_script(args, cwd=files)
@@ -366,8 +369,8 @@ def test_model_without_logprobs_is_one_line(files, monkeypatch):
     assert code == 1 and out == ""
     assert error_line(err) == (
         "skllmprob: error: model 'reasoner' returned no log-probabilities; use a model that "
-        "returns them.; the answers received so far are in the cache, so running the same "
-        "command again sends only the rest"
+        "returns them. The answers received so far are in the cache; running the same "
+        "command again sends only the rest."
     )
 
 
