@@ -492,7 +492,11 @@ class _Run:
             info = open_cache(self.cache_setting).info()
         except Exception:  # statistics must never turn success into failure
             return "cache unavailable"
-        return f"cache {info.get('path')} ({info.get('entries', 0)} entries)"
+
+        def get(name):
+            return info.get(name) if isinstance(info, dict) else getattr(info, name, None)
+
+        return f"cache {get('path')} ({get('entries') or 0} entries)"
 
     def report_usage(self) -> None:
         u = self.usage
