@@ -82,6 +82,7 @@ def fetch_completions(
             usage.failed = sum(key_of[p] not in results for p in missing)
             if isinstance(e, PartialResultsError):
                 e.n_completed = usage.requests
+            e.usage = usage  # what was paid for before the failure
             raise
         finally:
             if bar is not None:
