@@ -46,6 +46,7 @@ from . import __version__
 from ._csvio import CsvTable, check_writable, read_csv, write_csv
 from .exceptions import (
     BackendError,
+    BackendUnavailableError,
     ConfigurationError,
     InputError,
     PartialResultsError,
@@ -627,8 +628,10 @@ def _describe(e: BaseException) -> str:
 
 def _resume_hint(run: _Run, e: BaseException | None = None) -> str:
     """What survives a failed run, for backend failures and interruptions."""
-    if e is not None and not isinstance(e, BackendError):
-        return ""
+    if e is not None and (
+        not isinstance(e, BackendError) or isinstance(e, BackendUnavailableError)
+    ):
+        return ""  # not a failure of the model, or nothing was answered at all
     if run.classifier is None:
         return ""
     if run.cache_is_temporary or run.cache_setting is False:

@@ -14,6 +14,7 @@ import io
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -285,6 +286,47 @@ def test_help_version_and_demo(files):
     demo = run_script(["demo", "--backend", "deterministic", "--quiet"], cwd=files)
     assert demo.returncode == 0, demo.stderr
     assert demo.stdout.startswith("accuracy ") and "on 40 reviews" in demo.stdout
+
+
+# ------------------------------------------------------------ over HTTP, to the stub
+
+
+@pytest.fixture
+def stub():
+    from skllmprob.testing.openai_stub import OpenAIStub
+
+    with OpenAIStub() as server:
+        yield server
+
+
+def test_classify_over_http_and_errors_of_the_server(files, stub):
+    args = ["classify", "reviews.csv", "--labels", "positive", "negative"]
+    server = ["--model", "stub-model", "--base-url", stub.base_url]
+    ok = run_script([*args, *server], cwd=files)
+    assert ok.returncode == 0, ok.stderr
+    assert stub.requests == len(TEST)
+    assert len(read_rows(ok.stdout)) == len(TEST)
+
+    # A model that answers without log-probabilities: one line, exit status 1.
+    stub.add_fault("no_logprobs", times=None)
+    r = run_script([*args, "--model", "reasoner", "--base-url", stub.base_url], cwd=files)
+    assert r.returncode == 1 and r.stdout == ""
+    line = error_line(r.stderr)
+    assert "(model 'reasoner') answered without log-probabilities" in line
+
+    # A server that is not there.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends
+    r = run_script(
+        [*args, "--model", "m", "--base-url", f"http://127.0.0.1:{port}/v1",
+         "--max-retries", "0", "--timeout", "5"],
+        cwd=files,
+    )  # fmt: skip
+    assert r.returncode == 1
+    line = error_line(r.stderr)
+    assert f"cannot reach http://127.0.0.1:{port}/v1" in line
+    assert line.endswith("Is the server running, and is base_url right?")
 
 
 # ------------------------------------------------------------ in-process: errors

@@ -13,9 +13,11 @@ How a page runs
 
   ``<!-- test: local -->``
       needs the embedded model: the page is marked ``local``.
-  ``<!-- test: server -->``
-      talks to an OpenAI-compatible server: the page is marked ``server`` and runs
-      against the stub server of :mod:`skllmprob.testing.openai_stub` on 127.0.0.1:
+  ``<!-- test: stub -->``
+      talks to an OpenAI-compatible server: it runs against the stub server of
+      :mod:`skllmprob.testing.openai_stub`, started in-process on 127.0.0.1 (fast
+      tier, like the backend's own stub tests; the block must send at least one
+      request):
       ``OPENAI_BASE_URL``, ``OPENAI_API_KEY``, ``AZURE_OPENAI_ENDPOINT`` and
       ``AZURE_OPENAI_API_KEY`` point at it, and every ``http://localhost:PORT/v1``
       in the block is rewritten to the stub's address, so a snippet written for
@@ -54,7 +56,7 @@ EXCLUDED = {
 }
 
 _FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[\w+-]*)\s*$")
-_NOTE = re.compile(r"^\s*<!--\s*test:\s*(?P<kind>local|server|skip)\s*(?P<id>[\w-]*)\s*-->\s*$")
+_NOTE = re.compile(r"^\s*<!--\s*test:\s*(?P<kind>local|stub|skip)\s*(?P<id>[\w-]*)\s*-->\s*$")
 _LOCALHOST = re.compile(r"http://localhost:\d+/v1")
 SETUP_PREFIX = "python3 -m venv .venv && . .venv/bin/activate && pip install -e "
 PYTHON = {"python", "py"}
@@ -67,7 +69,7 @@ class Block:
     line: int  # line of the opening fence, 1-based
     lang: str
     code: str
-    kind: str = "fast"  # fast, local, server, skip
+    kind: str = "fast"  # fast, local, stub, skip
     skip_id: str = ""
 
 
@@ -143,7 +145,7 @@ def _params():
         page = parse(path)
         if not any(b.kind != "skip" for b in page.blocks):
             continue
-        marks = [getattr(pytest.mark, k) for k in ("local", "server") if page.needs(k)]
+        marks = [pytest.mark.local] if page.needs("local") else []
         out.append(pytest.param(page, id=page.name, marks=marks))
     return out
 
@@ -186,15 +188,14 @@ def _shell_prelude() -> str:
 @pytest.fixture
 def stub_server(monkeypatch):
     """Start the stub OpenAI-compatible server; point the usual variables at it."""
-    from skllmprob.testing.openai_stub import serve_stub
+    from skllmprob.testing.openai_stub import OpenAIStub
 
-    with serve_stub() as url:
-        root = url.removesuffix("/").removesuffix("/v1")
-        monkeypatch.setenv("OPENAI_BASE_URL", url)
+    with OpenAIStub() as stub:
+        monkeypatch.setenv("OPENAI_BASE_URL", stub.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-docs-test")
-        monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", root)
+        monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", stub.url)
         monkeypatch.setenv("AZURE_OPENAI_API_KEY", "azure-docs-test")
-        yield url
+        yield stub
 
 
 @pytest.mark.parametrize("page", _params())
@@ -205,14 +206,15 @@ def test_page_runs(page: Page, tmp_path, monkeypatch, request):
     monkeypatch.setenv(
         "PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     )
-    server_url = request.getfixturevalue("stub_server") if page.needs("server") else None
+    stub = request.getfixturevalue("stub_server") if page.needs("stub") else None
     namespace: dict = {"__name__": "__docs__"}
     for b in page.blocks:
         if b.kind == "skip":
             continue
         code = b.code
-        if b.kind == "server":
-            code = _LOCALHOST.sub(server_url, code)
+        if b.kind == "stub":
+            before = stub.requests
+            code = _LOCALHOST.sub(stub.base_url, code)
         where = f"{b.page}:{b.line}"
         if b.lang == "python":
             try:
@@ -232,3 +234,5 @@ def test_page_runs(page: Page, tmp_path, monkeypatch, request):
                 f"the block at {where} exited with {r.returncode}\n--- stdout\n{r.stdout}"
                 f"\n--- stderr\n{r.stderr}"
             )
+        if b.kind == "stub":  # it really went over HTTP to the stub
+            assert stub.requests > before, f"the block at {where} sent no request"
