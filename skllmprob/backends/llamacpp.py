@@ -17,7 +17,9 @@ Exact scores
     - a variant that takes several tokens (``" very positive"``, ``"Sci/Tech"``)
       is scored as a sequence probability by teacher forcing its tokens after the
       prompt, reusing the prompt's KV cache: only the label tokens are evaluated,
-      and variants that share leading tokens share their evaluation.
+      and variants that share leading tokens share their evaluation. Variants
+      whose first token is already negligible (``label_prune``, relative) are not
+      teacher-forced.
 
     When one token sequence is a proper prefix of another (``"sport"`` as one
     token and ``"sports"`` as ``"sport" + "s"``, or a class ``"very"`` beside a
@@ -150,8 +152,8 @@ INSTALL_HINT = (
     "OpenAI-compatible server (llama.cpp server, vLLM, Ollama, LM Studio)."
 )
 
-#: Decode calls are padded to at least this many tokens: llama.cpp's CPU kernels
-#: for 2-7 rows round differently from those for larger batches.
+#: Decode calls of fewer tokens are padded to this many: llama.cpp's CPU kernels
+#: for batches of 1 to 7 rows round differently from those for larger batches.
 MIN_DECODE_TOKENS = 8
 
 #: The most logits rows one decode call returns for one sequence (label tokens
@@ -302,7 +304,9 @@ class LlamaCppBackend(Backend):
         Context size in tokens: the longest prompt plus its longest label, plus
         (with ``n_parallel > 1``) room for several texts at once.
     n_threads : int, default=None
-        CPU threads per decode call (``None``: all cores).
+        CPU threads per decode call (``None``: half the logical cores, as
+        llama-cpp-python does; llama.cpp's threads spin while they wait, so more
+        threads than free cores is much slower, not faster).
     n_batch : int, default=512
         The most tokens per decode call.
     n_parallel : int, default=1
@@ -314,6 +318,12 @@ class LlamaCppBackend(Backend):
     reuse_prefix : bool, default=True
         Keep the shared prompt prefix's cache between prompts and calls. ``False``
         evaluates every prompt from scratch (for comparison).
+    label_prune : float, default=1e-4
+        A multi-token answer variant is teacher-forced only when its first token's
+        probability is at least ``label_prune`` times the summed probability of
+        all variants' first tokens; below that (``" POSITIVE"`` after a prompt
+        that answers ``" positive"``) it counts as 0, an error smaller than that
+        bound per variant. ``0`` teacher-forces every variant.
     fingerprint : {"sampled", "sha256"}, default="sampled"
         How a ``model_path`` file is identified in the cache key.
     verbose : bool, default=False
@@ -343,7 +353,7 @@ class LlamaCppBackend(Backend):
         n_parallel: int = 1,
         flash_attn: bool = False,
         reuse_prefix: bool = True,
-        label_prune: float = 1e-6,
+        label_prune: float = 1e-4,
         fingerprint: str = "sampled",
         verbose: bool = False,
     ) -> None:
@@ -610,7 +620,7 @@ class _LoadedModel:
         # a small output buffer (n_vocab floats per output) saves memory.
         cp.n_outputs_max = MAX_OUTPUTS + settings.n_parallel
         cp.n_outputs_max_per_seq = MAX_OUTPUTS
-        threads = settings.n_threads or os.cpu_count() or 1
+        threads = settings.n_threads or max(1, (os.cpu_count() or 2) // 2)
         cp.n_threads = threads
         cp.n_threads_batch = threads
         cp.flash_attn_type = (
