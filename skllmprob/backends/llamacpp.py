@@ -380,7 +380,9 @@ class LlamaCppBackend(Backend):
         if self.n_threads is not None and (
             not isinstance(self.n_threads, int) or self.n_threads < 1
         ):
-            raise ConfigurationError(f"n_threads must be None or an int >= 1, got {self.n_threads!r}.")
+            raise ConfigurationError(
+                f"n_threads must be None or an int >= 1, got {self.n_threads!r}."
+            )
         if self.n_parallel > 64:
             raise ConfigurationError(f"n_parallel must be at most 64, got {self.n_parallel}.")
         if not isinstance(self.label_prune, int | float) or not 0 <= self.label_prune < 1:
@@ -531,9 +533,7 @@ def _build_spec(llm: _LoadedModel, answers: tuple[str, ...]) -> _AnswerSpec:
                 minext[k].append(index[t])
     chain_set = {s[:-1] for s in seqs if len(s) > 1}
     chains = sorted(
-        c
-        for c in chain_set
-        if not any(o != c and o[: len(c)] == c for o in chain_set)
+        c for c in chain_set if not any(o != c and o[: len(c)] == c for o in chain_set)
     )
     texts: list[list[str]] = [[] for _ in answers]
     for s in seqs:
@@ -578,7 +578,7 @@ class _LoadedModel:
     """A llama.cpp model, its context and a batch; used under ``self.lock``."""
 
     def __init__(self, settings: LlamaCppBackend) -> None:
-        llama_cpp, L = _import_llama_cpp()
+        _, L = _import_llama_cpp()
         self.L = L
         logger = logging.getLogger("llama-cpp-python")
         if settings.verbose:
@@ -651,9 +651,7 @@ class _LoadedModel:
         self._by_norm: dict[str, list[int]] | None = None
         self._specs: dict[tuple[str, ...], _AnswerSpec] = {}
         self._chat: dict[str | None, tuple] = {}
-        self._finalizer = weakref.finalize(
-            self, _free_llama, L, self.model, self.ctx, self.batch
-        )
+        self._finalizer = weakref.finalize(self, _free_llama, L, self.model, self.ctx, self.batch)
 
     # -- vocabulary -----------------------------------------------------------------
 
@@ -716,7 +714,7 @@ class _LoadedModel:
             bad = text[max(0, e.start - 20) : e.end + 20]
             raise InputError(
                 f"a prompt holds characters that are not valid Unicode text (a lone "
-                f"surrogate {text[e.start:e.end]!r} near {bad!r}), which llama.cpp "
+                f"surrogate {text[e.start : e.end]!r} near {bad!r}), which llama.cpp "
                 "cannot take. Clean the text first, e.g. "
                 "t.encode('utf-8', 'replace').decode('utf-8')."
             ) from e
@@ -751,9 +749,9 @@ class _LoadedModel:
             bos_text = self.pieces[self.bos] if self.bos >= 0 else ""
             eos_text = self.pieces[self.eos] if self.eos >= 0 else ""
             try:
-                rendered = Jinja2ChatFormatter(
-                    template, eos_token=eos_text, bos_token=bos_text
-                )(messages=[{"role": "user", "content": _SENTINEL}]).prompt
+                rendered = Jinja2ChatFormatter(template, eos_token=eos_text, bos_token=bos_text)(
+                    messages=[{"role": "user", "content": _SENTINEL}]
+                ).prompt
             except Exception as e:
                 raise ConfigurationError(f"the chat template could not be rendered: {e}") from e
             if rendered.count(_SENTINEL) != 1:

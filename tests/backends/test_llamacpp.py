@@ -190,9 +190,10 @@ def test_one_model_per_process_for_new_classifiers_and_clones(llm):
     assert search.best_estimator_.predict(TEXTS[:2]).shape == (2,)
     assert resource_loads("llamacpp") == loads
     # A backend with other context settings is another resource.
-    assert LlamaCppBackend(n_ctx=512, n_threads=1)._resource_key() != LlamaCppBackend(
-        **SETTINGS
-    )._resource_key()
+    assert (
+        LlamaCppBackend(n_ctx=512, n_threads=1)._resource_key()
+        != LlamaCppBackend(**SETTINGS)._resource_key()
+    )
 
 
 @local
