@@ -47,15 +47,18 @@ Fast
     floating-point rounding (see ``benchmarks/local_speed.py`` for both figures).
 
 Numerics
-    Quantized inference is not bit-stable across computation layouts: on CPU the
-    result of a matrix product depends on the kernel (which depends on the batch
-    size) and the order of the attention sums depends on cache cell indices.
-    Gemma 3 amplifies such rounding differences (its activations have large
-    outliers, and activations are quantized per block), up to ~0.1 in a label's
-    log-probability. The backend therefore loads models without llama.cpp's
-    repacked CPU weight layouts (``use_extra_bufts=False``) and keeps flash
-    attention off by default: with these, evaluation results do not depend on how
-    a prompt is split into decode calls of 8 tokens or more.
+    Quantized inference on CPU is not bit-stable across computation layouts: the
+    kernel llama.cpp picks for a matrix product depends on the batch size (1 to 7
+    rows round differently from larger batches; with repacked weights, sizes
+    differ even above that), and the order of the attention sums depends on the
+    cache cells a sequence occupies. With Gemma 3 270M we measured such rounding
+    differences grow to about 0.1 in a label's log-probability (0.01 to 0.05 in a
+    normalized class probability). The backend therefore loads models without
+    llama.cpp's repacked CPU weight layouts (``use_extra_bufts=False``), keeps
+    flash attention off by default, evaluates each text at the cache cells a cold
+    evaluation uses (``n_parallel=1``) and pads decode calls to at least 8 tokens:
+    the tests check that prefix reuse and teacher forcing then reproduce a cold,
+    brute-force evaluation of the full prompt.
 
 One model per process
     The backend object is only settings (cheap, picklable, comparable). The loaded
