@@ -566,11 +566,28 @@ def _class_log_mass(spec: _AnswerSpec, seq_logp: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(mass, np.finfo(float).tiny))
 
 
-def _log_softmax_at(row: np.ndarray, ids) -> tuple[np.ndarray, float]:
-    x = row.astype(np.float64)
-    m = float(x.max())
-    lse = m + float(np.log(np.exp(x - m).sum()))
-    return x[ids] - lse, lse
+def _logsumexp(row: np.ndarray) -> float:
+    """log(sum(exp(row))) of a float32 logits row (float64 accumulation)."""
+    m = float(row.max())
+    return m + float(np.log(np.exp(row - np.float32(m)).sum(dtype=np.float64)))
+
+
+def _log_softmax_at(row: np.ndarray, ids, lse: float | None = None) -> tuple[np.ndarray, float]:
+    if lse is None:
+        lse = _logsumexp(row)
+    return row[ids].astype(np.float64) - lse, lse
+
+
+def _top_k(row: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest logits, largest first."""
+    # Almost always the top tokens lie within 30 logits of the best one: select
+    # those first instead of partitioning the whole vocabulary.
+    cand = np.flatnonzero(row >= row.max() - np.float32(30.0))
+    if len(cand) < k:
+        cand = np.argpartition(row, -k)[-k:]
+    elif len(cand) > k:
+        cand = cand[np.argpartition(row[cand], -k)[-k:]]
+    return cand[np.argsort(-row[cand], kind="stable")]
 
 
 # --------------------------------------------------------------------------------------
@@ -907,9 +924,27 @@ class _LoadedModel:
     def _score_one(self, t: list[int], p: int, spec, top_k: int) -> Completion:
         """Score one prompt whose first ``p`` tokens are resident in sequence 0."""
         self._extend_seq0(t[p:], p, last_logits=True)
-        row = np.array(self._logits(-1))
-        answers, extra = self._answers(row, len(t), 0, spec)
-        return self._completion(row, top_k, answers, len(t), p, extra)
+        row = self._logits(-1)  # a view: read it before label chains are decoded
+        return self._finish(row, len(t), 0, spec, top_k, p)
+
+    def _finish(self, row, n: int, seq: int, spec, top_k: int, cached: int) -> Completion:
+        lse = _logsumexp(row)
+        if top_k > 0:
+            top = _top_k(row, min(top_k, self.n_vocab))
+            lp, _ = _log_softmax_at(row, top, lse)
+            pieces = self.pieces
+            tokens = tuple(pieces[i] for i in top.tolist())
+        else:
+            tokens, lp = (), np.empty(0)
+        answers, extra = self._answers(row, n, seq, spec, lse)
+        return Completion(
+            tokens=tokens,
+            logprobs=lp,
+            answer_logprobs=answers,
+            prompt_tokens=n,
+            completion_tokens=extra,
+            cached_tokens=cached,
+        )
 
     def _score_parallel(self, toks, p: int, spec, top_k: int, on_result: OnResult) -> None:
         """Several texts per decode call, one sequence each, sharing the prefix."""
@@ -954,27 +989,27 @@ class _LoadedModel:
             try:
                 self._decode(items)
                 rows = [np.array(self._logits(j)) for j in last_index]
-                results = []
-                for s, (i, row) in enumerate(zip(group, rows, strict=True), start=1):
-                    answers, n_extra = self._answers(row, len(toks[i]), s, spec)
-                    results.append(
-                        (i, self._completion(row, top_k, answers, len(toks[i]), p, n_extra))
-                    )
+                results = [
+                    (i, self._finish(row, len(toks[i]), s, spec, top_k, p))
+                    for s, (i, row) in enumerate(zip(group, rows, strict=True), start=1)
+                ]
             finally:
                 for s in range(1, len(group) + 1):
                     L.llama_memory_seq_rm(mem, s, -1, -1)
             for i, comp in results:
                 on_result(i, comp)
 
-    def _answers(self, row: np.ndarray, n: int, seq: int, spec) -> tuple[np.ndarray | None, int]:
+    def _answers(
+        self, row: np.ndarray, n: int, seq: int, spec, lse: float | None = None
+    ) -> tuple[np.ndarray | None, int]:
         """Class log-masses for a prompt of ``n`` tokens in sequence ``seq`` whose
         last-token logits are ``row``; label chains are decoded after it.
 
-        ``row`` must be a copy: decoding label chains overwrites llama.cpp's logits.
+        ``row`` is read first: decoding label chains overwrites llama.cpp's logits.
         """
         if spec is None:
             return None, 0
-        first_lp, _ = _log_softmax_at(row, spec.first_ids)
+        first_lp, _ = _log_softmax_at(row, spec.first_ids, lse)
         seq_logp = first_lp.copy()
         multi = [k for k, s in enumerate(spec.seqs) if len(s) > 1]
         if not multi:
@@ -1023,26 +1058,6 @@ class _LoadedModel:
                 for d in range(1, len(s)):
                     seq_logp[k] += node_lp[s[:d]][s[d]]
         return _class_log_mass(spec, seq_logp), n_extra
-
-    def _completion(self, row, top_k: int, answers, n: int, cached: int, extra: int):
-        if top_k > 0:
-            k = min(top_k, self.n_vocab)
-            x = np.asarray(row)
-            top = np.argpartition(x, -k)[-k:]
-            top = top[np.argsort(-x[top], kind="stable")]
-            lp, _ = _log_softmax_at(x, top)
-            pieces = self.pieces
-            tokens = tuple(pieces[i] for i in top.tolist())
-        else:
-            tokens, lp = (), np.empty(0)
-        return Completion(
-            tokens=tokens,
-            logprobs=np.asarray(lp, dtype=float),
-            answer_logprobs=answers,
-            prompt_tokens=n,
-            completion_tokens=extra,
-            cached_tokens=cached,
-        )
 
 
 @contextlib.contextmanager
