@@ -481,6 +481,7 @@ class CompletionCache:
         self.path = Path(path).expanduser()
         self.claim_timeout = float(claim_timeout)
         self._memory_mb = memory_mb
+        self._chunk = 999 - 1
         max_bytes = _default_memory_bytes() if memory_mb is None else int(memory_mb * 2**20)
         self._memory = _Memory(max_bytes)
         self._generation: str | None = None
@@ -506,6 +507,9 @@ class CompletionCache:
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
         conn.execute("PRAGMA synchronous = NORMAL")
+        getlimit = getattr(conn, "getlimit", None)  # Python 3.11+
+        if getlimit is not None:  # SQLite builds before 3.32 allow 999 parameters
+            self._chunk = max(1, min(_CHUNK, getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 1))
         return conn
 
     def _conn(self) -> sqlite3.Connection:
@@ -635,7 +639,7 @@ class CompletionCache:
         same keys do not count them again)."""
         out: dict[bytes, Completion] = {}
         corrupt = 0
-        for chunk in _chunks(sorted(keys)):
+        for chunk in _chunks(sorted(keys), self._chunk):
             rows = conn.execute(
                 f"SELECT key, data, tokens FROM completions WHERE key IN ({_marks(len(chunk))})",
                 chunk,
@@ -873,7 +877,7 @@ class ClaimSession:
                     [(k, self.owner, self.pid, _HOST, now) for k in rest],
                 )
                 takeover = []
-                for chunk in _chunks(rest):
+                for chunk in _chunks(rest, cache._chunk):
                     rows = conn.execute(
                         "SELECT key, owner, pid, host, heartbeat FROM claims"
                         f" WHERE key IN ({_marks(len(chunk))}) AND owner != ?",
@@ -917,7 +921,7 @@ class ClaimSession:
                     break
                 now = time.time()
                 claimed = 0
-                for chunk in _chunks(pending):
+                for chunk in _chunks(pending, cache._chunk):
                     rows = conn.execute(
                         "SELECT pid, host, heartbeat FROM claims"
                         f" WHERE key IN ({_marks(len(chunk))})",

@@ -30,6 +30,7 @@ array([0.6])
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections import Counter
@@ -324,6 +325,17 @@ _MEMOS: dict = {}
 _MEMOS_LOCK = threading.Lock()
 _MAX_MEMOS = 8
 _MAX_ROWS = 32_768
+
+
+def _after_fork_in_child() -> None:  # a lock held by another thread at fork stays held
+    global _MEMOS_LOCK
+    _MEMOS_LOCK = threading.Lock()
+    for memo in list(_MEMOS.values()):
+        memo._rows_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Memo(dict):
