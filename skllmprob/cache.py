@@ -781,6 +781,7 @@ class CompletionCache:
         with self._write() as conn:
             conn.execute("DELETE FROM completions")
             conn.execute("DELETE FROM stats")
+            self._drop_dead_claims(conn)
             conn.execute(
                 "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name = 'generation'"
             )
@@ -791,6 +792,18 @@ class CompletionCache:
             self._conn().execute("VACUUM")
         except sqlite3.OperationalError as e:
             logger.debug("VACUUM after clear skipped: %s", e)
+
+    def _drop_dead_claims(self, conn: sqlite3.Connection) -> None:
+        """Forget claims left by killed processes (they would be taken over anyway)."""
+        now = time.time()
+        dead = [
+            (owner,)
+            for owner, pid, host, heartbeat in conn.execute(
+                "SELECT owner, MAX(pid), MAX(host), MAX(heartbeat) FROM claims GROUP BY owner"
+            ).fetchall()
+            if now - heartbeat > self.claim_timeout or (host == _HOST and not _pid_alive(pid))
+        ]
+        conn.executemany("DELETE FROM claims WHERE owner = ?", dead)
 
     def __repr__(self) -> str:
         return f"CompletionCache({str(self.path)!r})"

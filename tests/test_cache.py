@@ -547,6 +547,25 @@ def test_claims_of_a_dead_process_are_taken_over_at_once(tmp_path):
     _, usage = fetch_completions(backend, cache, Query(5), prompts)
     assert usage.requests == 5
     assert time.monotonic() - start < 5
+    # clear() also forgets claims of dead processes, and keeps live ones.
+    others = [f"q{i}" for i in range(3)]
+    _plant_claims(
+        path,
+        _keys(backend, Query(5), others[:2]),
+        pid=_dead_pid(),
+        host=cache_mod._HOST,
+        heartbeat=time.time(),
+    )
+    _plant_claims(
+        path,
+        _keys(backend, Query(5), others[2:]),
+        pid=os.getpid(),
+        host=cache_mod._HOST,
+        heartbeat=time.time(),
+    )
+    cache.clear()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 1
 
 
 def test_claims_from_elsewhere_are_waited_for_then_taken_over(tmp_path):
