@@ -156,6 +156,7 @@ def _send(backend, query, prompt_of, mine, results, sent, session, usage, bar, l
         usage.failed = sum(k not in results for k in mine)
         if isinstance(e, PartialResultsError):
             e.n_completed = usage.requests
+        e.usage = usage  # what was paid for before the failure
         raise
     lost = [k for k in mine if k not in results]
     if lost:
