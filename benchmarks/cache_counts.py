@@ -131,6 +131,9 @@ class FileCounter:
 
         return count(self.path)
 
+    def per_prompt(self) -> None:
+        return None  # not recorded
+
     def child_args(self) -> list[str]:
         return [
             "--backend",
@@ -150,11 +153,13 @@ class StubCounter:
 
     name = "OpenAI backend -> stub server on 127.0.0.1 (its request counter)"
 
-    def __init__(self, latency: float) -> None:
+    def __init__(self, latency: float, log: str) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
+        self.log = open(log, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "skllmprob.testing.openai_stub", "--latency", str(latency)],
             stdout=subprocess.PIPE,
+            stderr=self.log,  # a killed client's reset connections are logged there
             text=True,
             env=env,
         )
@@ -171,6 +176,9 @@ class StubCounter:
     def requests(self) -> int:
         return int(self.stats()["requests"])
 
+    def per_prompt(self) -> dict[str, int]:
+        return self.stats()["prompt_requests"]
+
     def child_args(self) -> list[str]:
         return ["--backend", "stub", "--base-url", self.base_url]
 
@@ -181,6 +189,7 @@ class StubCounter:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self.log.close()
 
 
 def child_cmd(args, counter, phase: str, cache: str, **extra) -> list[str]:
@@ -240,7 +249,8 @@ def main() -> None:
 
     tmp = tempfile.mkdtemp(prefix="skllmprob-counts-")
     if args.backend == "stub":
-        counter, kill_counter = StubCounter(args.latency), StubCounter(args.kill_latency)
+        counter = StubCounter(args.latency, os.path.join(tmp, "stub.log"))
+        kill_counter = StubCounter(args.kill_latency, os.path.join(tmp, "stub-kill.log"))
     else:
         counter, kill_counter = FileCounter(tmp, args.latency), FileCounter(tmp, args.kill_latency)
     try:
@@ -256,22 +266,30 @@ def run_phases(args, tmp: str, counter, kill_counter) -> list[dict]:
     rows: list[dict] = []
 
     def measure(label, cmd, target, counter=counter):
-        before = counter.requests()
+        before, prompts_before = counter.requests(), counter.per_prompt()
         start = time.perf_counter()
         result = run_child(cmd)
         seconds = time.perf_counter() - start
         sent = counter.requests() - before
         rows.append({"phase": label, "requests": sent, "target": target, "seconds": seconds})
+        prompts_after = counter.per_prompt()
+        if prompts_after is not None:  # prompts the server saw more than once in the phase
+            rows[-1]["prompts_sent_twice"] = sum(
+                n - prompts_before.get(p, 0) > 1 for p, n in prompts_after.items()
+            )
         rows[-1]["detail"] = result
         return result
 
     cache1 = os.path.join(tmp, "jobs1.sqlite")
     cache2 = os.path.join(tmp, "jobs2.sqlite")
     exp = f"=={expected}"
-    measure("select n_jobs=1", child_cmd(args, counter, "select", cache1, n_jobs=1), exp)
-    measure("select n_jobs=2", child_cmd(args, counter, "select", cache2, n_jobs=2), exp)
-    measure("2nd process n_jobs=2", child_cmd(args, counter, "select", cache2, n_jobs=2), "==0")
-    measure("2nd process n_jobs=1", child_cmd(args, counter, "select", cache1, n_jobs=1), "==0")
+    for label, cache, jobs, target in [
+        ("select n_jobs=1", cache1, 1, exp),
+        ("select n_jobs=2", cache2, 2, exp),
+        ("2nd process n_jobs=2", cache2, 2, "==0"),
+        ("2nd process n_jobs=1", cache1, 1, "==0"),
+    ]:
+        measure(label, child_cmd(args, counter, "select", cache, n_jobs=jobs, n=args.n), target)
 
     # SIGKILL halfway through predict_proba, then a rerun.
     cache3 = os.path.join(tmp, "killed.sqlite")
@@ -321,12 +339,14 @@ def report(args, counter, rows: list[dict]) -> None:
         f"requests counted by: {counter.name}; {args.n} texts of {args.data}/test.csv, "
         f"{rows[0]['detail']['candidates']} candidates, cv=5"
     )
-    print(f"{'phase':<24} {'requests':>8} {'target':>28} {'seconds':>8}  ok")
+    print(f"{'phase':<24} {'requests':>8} {'target':>28} {'twice':>6} {'seconds':>8}  ok")
     for r in rows:
+        twice = r.get("prompts_sent_twice", "-")
         print(
-            f"{r['phase']:<24} {r['requests']:>8} {r['target']:>28} {r['seconds']:>8.1f}  "
-            f"{'yes' if ok[r['phase']] else 'NO'}"
+            f"{r['phase']:<24} {r['requests']:>8} {r['target']:>28} {twice:>6} "
+            f"{r['seconds']:>8.1f}  {'yes' if ok[r['phase']] else 'NO'}"
         )
+    print("twice: prompts the server received more than once during the phase")
     d = rows[4]["detail"]
     print(
         f"SIGKILL run ({args.kill_n} texts): {d['sent_before_kill']} sent before the kill, "
