@@ -51,3 +51,30 @@ def count(path) -> int:
         return os.path.getsize(path)
     except FileNotFoundError:
         return 0
+
+
+def run_model_selection(path: str, base_url: str, *, n_texts: int, n_jobs: int) -> None:
+    """GridSearchCV over 12 calibration settings, cross_val_score and
+    CalibratedClassifierCV (cv=5) on ``n_texts`` texts, through an OpenAI-compatible
+    server at ``base_url`` and the cache file ``path``."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.model_selection import GridSearchCV, cross_val_score
+
+    from skllmprob import LogprobClassifier
+
+    texts, labels = make_texts(n_texts)
+    clf = LogprobClassifier(
+        "stub-model",
+        labels=["positive", "negative"],
+        base_url=base_url,
+        cache=path,
+        progress=False,
+    )
+    grid = [  # 12 candidates
+        {"calibration": ["none", "contextual"]},
+        {"calibration": ["bias", "affine"], "calibration_alpha": [0.001, 0.01, 0.1, 1.0]},
+        {"calibration": ["threshold"], "scoring": ["accuracy", "f1"]},
+    ]
+    GridSearchCV(clf, grid, cv=5, n_jobs=n_jobs).fit(texts, labels)
+    cross_val_score(clf, texts, labels, cv=5, n_jobs=n_jobs)
+    CalibratedClassifierCV(clf, cv=5, n_jobs=n_jobs).fit(texts, labels)
