@@ -862,9 +862,14 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
             top_logprobs=int(self.top_logprobs),
             answers=tuple(self.answers_) if backend.exact else (),
         )
-        completions, usage = fetch_completions(
-            backend, open_cache(self.cache), query, prompts, progress=self.progress
-        )
+        try:
+            completions, usage = fetch_completions(
+                backend, open_cache(self.cache), query, prompts, progress=self.progress
+            )
+        except BaseException as e:
+            if getattr(e, "usage", None) is not None:  # requests made before a failure
+                self.usage_.record(e.usage)
+            raise
         self.usage_.record(usage)
         if backend.exact:
             log_mass = np.vstack([c.answer_logprobs for c in completions])
