@@ -11,12 +11,11 @@ import sys
 import textwrap
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-from cache_helpers import FileCountingBackend, count, make_texts
+from cache_helpers import FileCountingBackend, count, make_texts, run_model_selection
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.base import clone
@@ -686,77 +685,131 @@ def test_two_processes_writing_the_same_file(tmp_path):
     assert cache.info().corrupt == 0
 
 
-@pytest.mark.slow
-def test_parallel_model_selection_sends_each_prompt_once(tmp_path):
+# ------------------------------------------------------- through the OpenAI backend
+
+
+def _openai_clf(base_url, path, **kw):
+    return LogprobClassifier(
+        "stub-model",
+        labels=["positive", "negative"],
+        base_url=base_url,
+        cache=str(path),
+        progress=False,
+        **kw,
+    )
+
+
+@pytest.mark.server
+def test_openai_backend_keys_follow_settings_not_the_api_key(tmp_path):
+    from skllmprob.backends.openai import OpenAIBackend
+
+    q = Query(top_logprobs=20)
+
+    def key(**kw):
+        params = {"model": "m", "base_url": "http://127.0.0.1:1/v1", "api_key": "sk-a"}
+        params.update(kw)
+        b = OpenAIBackend(**params)
+        return KeyBuilder(b.identity(), b.request_settings(q))("p")
+
+    base = key()
+    assert key(api_key="sk-b") == base
+    assert key(api_key=None) == base
+    assert key(endpoint="chat") != key(endpoint="completions")
+    for change in [
+        {"model": "m2"},
+        {"base_url": "http://127.0.0.1:2/v1"},
+        {"temperature": 0.7},
+        {"logit_bias": {"123": 1.0}},
+        {"seed": 3},
+    ]:
+        assert key(**change) != base, change
+    b = OpenAIBackend(model="m", base_url="http://127.0.0.1:1/v1")
+    assert KeyBuilder(b.identity(), b.request_settings(Query(top_logprobs=5)))("p") != base
+
+
+@pytest.mark.server
+def test_openai_backend_results_are_cached_without_the_key(tmp_path):
+    from skllmprob.testing.openai_stub import OpenAIStub
+
+    texts, labels = make_texts(20)
     path = tmp_path / "c.sqlite"
-    count_file = tmp_path / "count"
-    code = """
-        import sys
-        from sklearn.calibration import CalibratedClassifierCV
-        from sklearn.model_selection import GridSearchCV, cross_val_score
-        from cache_helpers import FileCountingBackend, make_texts
-        from skllmprob import LogprobClassifier
-        path, count_file = sys.argv[1], sys.argv[2]
-        texts, labels = make_texts(100)
-        backend = FileCountingBackend(count_file=count_file, latency=0.002)
-        clf = LogprobClassifier(labels=["positive", "negative"], backend=backend,
-                                cache=path, progress=False)
-        grid = [  # 12 candidates
-            {"calibration": ["none", "contextual"]},
-            {"calibration": ["bias", "affine"], "calibration_alpha": [0.001, 0.01, 0.1, 1.0]},
-            {"calibration": ["threshold"], "scoring": ["accuracy", "f1"]},
-        ]
-        GridSearchCV(clf, grid, cv=5, n_jobs=2).fit(texts, labels)
-        cross_val_score(clf, texts, labels, cv=5, n_jobs=2)
-        CalibratedClassifierCV(clf, cv=5).fit(texts, labels)
-    """
-    first = _run_python(code, str(path), str(count_file))
-    assert first.returncode == 0, first.stderr
-    assert count(count_file) == 100 + 3
-    second = _run_python(code, str(path), str(count_file))
-    assert second.returncode == 0, second.stderr
-    assert count(count_file) == 100 + 3
+    with OpenAIStub(api_key="sk-very-secret-123") as stub:
+        clf = _openai_clf(stub.base_url, path, api_key="sk-very-secret-123").fit(texts, labels)
+        assert stub.requests == 20
+        proba = clf.predict_proba(texts)
+        clone(clf).fit(texts, labels)
+        assert stub.requests == 20
+        open_cache(str(path))._memory.clear()
+        np.testing.assert_array_equal(clf.predict_proba(texts), proba)
+        assert stub.requests == 20
+    for f in path.parent.iterdir():
+        assert b"sk-very-secret-123" not in f.read_bytes(), f
 
 
+@pytest.mark.server
+@pytest.mark.slow
+def test_parallel_model_selection_sends_each_prompt_once_to_the_server(tmp_path):
+    from skllmprob.testing.openai_stub import OpenAIStub
+
+    path = tmp_path / "c.sqlite"
+    with OpenAIStub(latency=0.005) as stub:
+        run_model_selection(str(path), stub.base_url, n_texts=60, n_jobs=2)
+        # Each text once, plus the 3 content-free prompts; the claims kept the two
+        # loky worker processes from sending the same prompt twice.
+        assert stub.requests == 60 + 3
+        assert max(stub.prompt_requests.values()) == 1
+        second = _run_python(
+            """
+            import sys
+            from cache_helpers import run_model_selection
+            run_model_selection(sys.argv[1], sys.argv[2], n_texts=60, n_jobs=2)
+            """,
+            str(path),
+            stub.base_url,
+        )
+        assert second.returncode == 0, second.stderr
+        assert stub.requests == 60 + 3
+
+
+@pytest.mark.server
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
 def test_rerun_after_sigkill_sends_only_what_was_not_completed(tmp_path):
     import signal
 
+    from skllmprob.testing.openai_stub import OpenAIStub
+
     path = tmp_path / "c.sqlite"
-    count_file = tmp_path / "count"
     code = """
         import sys
-        from cache_helpers import FileCountingBackend, make_texts
+        from cache_helpers import make_texts
         from skllmprob import LogprobClassifier
-        path, count_file = sys.argv[1], sys.argv[2]
-        texts, _ = make_texts(200)
-        backend = FileCountingBackend(count_file=count_file, latency=0.01)
-        clf = LogprobClassifier(labels=["positive", "negative"], backend=backend,
-                                cache=path, progress=False).fit(None, None)
-        clf.predict_proba(texts)
+        path, base_url = sys.argv[1], sys.argv[2]
+        clf = LogprobClassifier("stub-model", labels=["positive", "negative"],
+                                base_url=base_url, cache=path, progress=False,
+                                max_concurrency=4).fit(None, None)
+        clf.predict_proba(make_texts(200)[0])
     """
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + str(ROOT / "tests")}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code), str(path), str(count_file)], env=env
-    )
-    deadline = time.monotonic() + 60
-    while count(count_file) < 100 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert count(count_file) >= 100
-    conn = sqlite3.connect(path)
-    committed = conn.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
-    assert conn.execute("SELECT COUNT(*) FROM claims").fetchone()[0] > 0  # left behind
-    conn.close()
-    assert 100 - 5 <= committed < 200
-    sent_before = count(count_file)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        clf = det_clf(
-            backend=FileCountingBackend(count_file=str(count_file)), cache=str(path)
-        ).fit(None, None)
+    with OpenAIStub(latency=0.02) as stub:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code), str(path), stub.base_url], env=env
+        )
+        deadline = time.monotonic() + 60
+        while stub.requests < 100 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        sent = stub.requests
+        assert 100 <= sent < 200
+        conn = sqlite3.connect(path)
+        committed = conn.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
+        assert conn.execute("SELECT COUNT(*) FROM claims").fetchone()[0] > 0  # left behind
+        conn.close()
+        # Only requests in flight (at most 4) or just answered were lost.
+        assert sent - 8 <= committed <= sent
+        clf = _openai_clf(stub.base_url, path).fit(None, None)
         clf.predict_proba(make_texts(200)[0])
-    assert clf.usage_.last.requests == 200 - committed
-    assert count(count_file) - sent_before == 200 - committed
+        assert clf.usage_.last.requests == 200 - committed
+        assert stub.requests - sent == 200 - committed
+        assert sum(stub.prompt_successes.values()) >= 200
