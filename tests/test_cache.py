@@ -699,7 +699,6 @@ def _openai_clf(base_url, path, **kw):
     )
 
 
-@pytest.mark.server
 def test_openai_backend_keys_follow_settings_not_the_api_key(tmp_path):
     from skllmprob.backends.openai import OpenAIBackend
 
@@ -727,7 +726,6 @@ def test_openai_backend_keys_follow_settings_not_the_api_key(tmp_path):
     assert KeyBuilder(b.identity(), b.request_settings(Query(top_logprobs=5)))("p") != base
 
 
-@pytest.mark.server
 def test_openai_backend_results_are_cached_without_the_key(tmp_path):
     from skllmprob.testing.openai_stub import OpenAIStub
 
@@ -746,7 +744,6 @@ def test_openai_backend_results_are_cached_without_the_key(tmp_path):
         assert b"sk-very-secret-123" not in f.read_bytes(), f
 
 
-@pytest.mark.server
 @pytest.mark.slow
 def test_parallel_model_selection_sends_each_prompt_once_to_the_server(tmp_path):
     from skllmprob.testing.openai_stub import OpenAIStub
@@ -771,7 +768,6 @@ def test_parallel_model_selection_sends_each_prompt_once_to_the_server(tmp_path)
         assert stub.requests == 60 + 3
 
 
-@pytest.mark.server
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
 def test_rerun_after_sigkill_sends_only_what_was_not_completed(tmp_path):
