@@ -38,11 +38,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-for p in (str(ROOT), str(HERE)):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 LABELS = ["positive", "negative"]
 GRID = [  # 2 + 8 + 4 = 14 candidates, all calibration settings
@@ -76,7 +74,7 @@ def make_clf(args):
         return LogprobClassifier(
             "stub-model", labels=LABELS, base_url=args.base_url, cache=args.cache, progress=False
         )
-    from _counting import FileCountingBackend
+    from skllmprob.testing.counting import FileCountingBackend
 
     backend = FileCountingBackend(count_file=args.count_file, latency=args.latency)
     return LogprobClassifier(labels=LABELS, backend=backend, cache=args.cache, progress=False)
@@ -127,7 +125,7 @@ class FileCounter:
         self.latency = latency
 
     def requests(self) -> int:
-        from _counting import count
+        from skllmprob.testing.counting import count
 
         return count(self.path)
 

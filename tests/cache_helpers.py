@@ -1,10 +1,10 @@
-"""Helpers for the cache tests: a backend that counts requests across processes."""
+"""Helpers for the cache tests: synthetic reviews and a model-selection run."""
 
 from __future__ import annotations
 
-import os
+from skllmprob.testing.counting import FileCountingBackend, count
 
-from skllmprob.backends import DeterministicBackend
+__all__ = ["FileCountingBackend", "count", "make_texts", "run_model_selection"]
 
 CUES_POS = ["great", "wonderful", "brilliant", "fun", "superb", "moving", "excellent", "gem"]
 CUES_NEG = ["boring", "dull", "awful", "worst", "tedious", "poor", "stupid", "mess"]
@@ -20,37 +20,6 @@ def make_texts(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
         texts.append(f"review {i}: the {FILLER[i % 8]} was {cue}")
         labels.append("positive" if positive else "negative")
     return texts, labels
-
-
-class FileCountingBackend(DeterministicBackend):
-    """The deterministic backend, appending one byte to ``count_file`` per finished
-    request: a request counter shared by every process (loky workers too).
-
-    Its identity is the deterministic backend's, so it shares cache entries with it.
-    """
-
-    def __init__(self, *, count_file: str, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.count_file = count_file
-
-    def complete(self, prompts, query, *, on_result):
-        def counted(i, completion):
-            fd = os.open(self.count_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, b".")
-            finally:
-                os.close(fd)
-            on_result(i, completion)
-
-        super().complete(prompts, query, on_result=counted)
-
-
-def count(path) -> int:
-    """Requests counted in ``path`` so far."""
-    try:
-        return os.path.getsize(path)
-    except FileNotFoundError:
-        return 0
 
 
 def run_model_selection(path: str, base_url: str, *, n_texts: int, n_jobs: int) -> None:
