@@ -1,4 +1,10 @@
-"""Fetching completions through the cache: one request per unique prompt."""
+"""Fetching completions through the cache: one request per unique prompt.
+
+Within one call, duplicated prompts are requested once; across calls, threads and
+processes, the cache answers what was requested before, and its claims make a
+prompt that another process is requesting right now wait for that request instead
+of being sent twice (see :mod:`skllmprob.cache`).
+"""
 
 from __future__ import annotations
 
@@ -39,67 +45,124 @@ def fetch_completions(
 
     Duplicated prompts are requested once. Each new completion is written to the
     cache as soon as the backend reports it, so an error or a crash loses only the
-    requests in flight.
+    requests in flight. Prompts another process is requesting at the same moment
+    are waited for, not sent again.
 
     Returns
     -------
     completions : list of Completion
         Aligned with ``prompts``.
     usage : Usage
+
+    Examples
+    --------
+    >>> from skllmprob.backends import DeterministicBackend, Query
+    >>> from skllmprob.cache import NullCache
+    >>> out, usage = fetch_completions(DeterministicBackend(), NullCache(), Query(5),
+    ...                                ["Text: a gem\\nAnswer:"] * 3)
+    >>> len(out), usage.requests, out[0] is out[2]
+    (3, 1, True)
     """
     backend.check_query(query)
     keyer = KeyBuilder(backend.identity(), backend.request_settings(query))
     unique = list(dict.fromkeys(prompts))
-    key_of = {p: keyer(p) for p in unique}
-    results = cache.get_many(key_of.values())
-    usage = Usage(prompts=len(unique), cache_hits=len(results))
-    usage.saved_tokens = sum(c.prompt_tokens + c.completion_tokens for c in results.values())
-    missing = [p for p in unique if key_of[p] not in results]
-    if missing:
-        lock = threading.Lock()
-        bar = _progress_bar(len(missing), progress)
-        write_failed: list[BaseException] = []
-
-        def on_result(i: int, completion: Completion) -> None:
-            key = key_of[missing[i]]
-            try:
-                cache.put(key, completion)
-            except Exception as e:  # a full disk must not lose the answer itself
-                if not write_failed:
-                    write_failed.append(e)
-            with lock:
-                results[key] = completion
-                usage.requests += 1
-                usage.prompt_tokens += completion.prompt_tokens
-                usage.completion_tokens += completion.completion_tokens
-                usage.cached_tokens += completion.cached_tokens
-                if bar is not None:
-                    bar.update(1)
-
-        try:
-            backend.complete(missing, query, on_result=on_result)
-        except BaseException as e:
-            usage.failed = sum(key_of[p] not in results for p in missing)
-            if isinstance(e, PartialResultsError):
-                e.n_completed = usage.requests
-            e.usage = usage  # what was paid for before the failure
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
-            if write_failed:
-                warnings.warn(
-                    f"could not write to the completion cache ({write_failed[0]}); "
-                    "results of this call are kept in memory only.",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-        lost = [p for p in missing if key_of[p] not in results]
-        if lost:
-            raise PartialResultsError(
-                f"the backend returned no result for {len(lost)} of {len(missing)} "
-                "prompts without raising an error.",
-                n_failed=len(lost),
-                n_completed=usage.requests,
+    keys = keyer.many(unique)
+    results = cache.get_many(keys)
+    usage = Usage(prompts=len(unique))
+    sent: set[bytes] = set()
+    waited = 0
+    try:
+        if len(results) < len(keys):
+            prompt_of = {k: p for k, p in zip(keys, unique, strict=True) if k not in results}
+            waited = _fetch_missing(
+                backend, cache, query, prompt_of, results, sent, usage, progress
             )
+    finally:
+        hits = [results[k] for k in keys if k in results and k not in sent]
+        usage.cache_hits = len(hits)
+        usage.saved_tokens = sum(c.prompt_tokens + c.completion_tokens for c in hits)
+        cache.record(
+            hits=len(hits), misses=len(sent), saved_tokens=usage.saved_tokens, waited=waited
+        )
+    if len(unique) == len(prompts):
+        return [results[k] for k in keys], usage
+    key_of = dict(zip(unique, keys, strict=True))
     return [results[key_of[p]] for p in prompts], usage
+
+
+def _fetch_missing(
+    backend: Backend,
+    cache: CompletionCache | NullCache,
+    query: Query,
+    prompt_of: dict[bytes, str],
+    results: dict[bytes, Completion],
+    sent: set[bytes],
+    usage: Usage,
+    progress: bool | str,
+) -> int:
+    """Claim, request and wait for the keys of ``prompt_of``; returns how many were
+    answered by another session."""
+    bar = _progress_bar(len(prompt_of), progress)
+    lock = threading.Lock()
+    session = cache.session()
+    todo = list(prompt_of)
+    try:
+        while todo:
+            found, mine, theirs = session.claim(todo)
+            results.update(found)
+            if bar is not None and found:
+                bar.update(len(found))
+            if mine:
+                _send(backend, query, prompt_of, mine, results, sent, session, usage, bar, lock)
+            if theirs:
+                found = session.wait(theirs)
+                results.update(found)
+                if bar is not None and found:
+                    bar.update(len(found))
+            todo = [k for k in theirs if k not in results]
+    finally:
+        error = session.close()
+        if bar is not None:
+            bar.close()
+        if error is not None:
+            warnings.warn(
+                f"could not write to the completion cache ({error}); results of this "
+                "call are kept in memory only.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+    return session.waited
+
+
+def _send(backend, query, prompt_of, mine, results, sent, session, usage, bar, lock) -> None:
+    """Request the prompts of ``mine``; every result is queued for the cache at once."""
+
+    def on_result(i: int, completion: Completion) -> None:
+        key = mine[i]
+        session.submit(key, completion)
+        with lock:
+            results[key] = completion
+            sent.add(key)
+            usage.requests += 1
+            usage.prompt_tokens += completion.prompt_tokens
+            usage.completion_tokens += completion.completion_tokens
+            usage.cached_tokens += completion.cached_tokens
+            if bar is not None:
+                bar.update(1)
+
+    try:
+        backend.complete([prompt_of[k] for k in mine], query, on_result=on_result)
+    except BaseException as e:
+        usage.failed = sum(k not in results for k in mine)
+        if isinstance(e, PartialResultsError):
+            e.n_completed = usage.requests
+        e.usage = usage  # what was paid for before the failure
+        raise
+    lost = [k for k in mine if k not in results]
+    if lost:
+        raise PartialResultsError(
+            f"the backend returned no result for {len(lost)} of {len(mine)} "
+            "prompts without raising an error.",
+            n_failed=len(lost),
+            n_completed=usage.requests,
+        )

@@ -910,6 +910,34 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         log_mass, floored, _ = self._score_table(table, self._make_backend())
         return log_mass, floored
 
+    # --------------------------------------------------------------------- cache
+
+    def cache_info(self):
+        """Statistics of the completion cache that ``cache=`` points to.
+
+        The counts are those of the process-wide cache object (shared by clones and
+        every estimator with the same ``cache``), plus the file's totals over all
+        processes. Needs no ``fit``.
+
+        Returns
+        -------
+        CacheInfo
+            ``entries``, ``hits``, ``misses``, ``saved_tokens``, ``waited``,
+            ``corrupt``, ``total_hits``, ... (see :class:`skllmprob.cache.CacheInfo`).
+        """
+        return open_cache(self.cache).info()
+
+    def clear_cache(self):
+        """Delete every completion in the cache that ``cache=`` points to (all models
+        that share the file), in this and every other process.
+
+        Returns
+        -------
+        self : LogprobClassifier
+        """
+        open_cache(self.cache).clear()
+        return self
+
     # ------------------------------------------------------------------- predict
 
     def predict_proba(self, X):

@@ -4,6 +4,11 @@
 (20 positive, 20 negative) with the embedded local model, prints each text's
 probabilities and a line with accuracy and log loss. ``--backend deterministic``
 runs the same on the offline stand-in backend, without the ``local`` extra.
+
+The embedded model is Gemma 3 270M, a small *base* model: zero-shot it leans on
+surface cues. Four short few-shot examples (:data:`EXAMPLES`, also written for this
+demo and not among the 40 reviews) show it the answer format; the prompt's prefix
+(instructions and examples) is evaluated once and reused for every review.
 """
 
 from __future__ import annotations
@@ -62,6 +67,15 @@ REVIEWS: list[tuple[str, str]] = [
 ]
 
 
+#: Few-shot examples shown to the model before each review (not among REVIEWS).
+EXAMPLES: list[tuple[str, str]] = [
+    ("A wonderful, moving film.", "positive"),
+    ("Dull and far too long.", "negative"),
+    ("I loved every minute of it.", "positive"),
+    ("A boring mess.", "negative"),
+]
+
+
 def main(argv: list[str] | None = None, out=None) -> int:
     """Run the demo; write the table and the summary line to ``out`` (stdout)."""
     out = sys.stdout if out is None else out
@@ -80,7 +94,9 @@ def main(argv: list[str] | None = None, out=None) -> int:
 
     texts = [t for t, _ in REVIEWS]
     y = np.array([lab for _, lab in REVIEWS])
-    clf = LogprobClassifier(labels=["positive", "negative"], backend=args.backend)
+    clf = LogprobClassifier(
+        labels=["positive", "negative"], examples=EXAMPLES, backend=args.backend
+    )
     start = time.perf_counter()
     clf.fit(None, None)
     proba = clf.predict_proba(texts)

@@ -30,7 +30,9 @@ array([0.6])
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -260,20 +262,104 @@ class TokenMatcher:
                 self._exact.setdefault(normalize_token(a), i)
                 self._exact.setdefault(first_word(a), i)
             self._words = [first_word(a) for a in self.answers]
-        self._memo: dict[str, int] = {}
+        # Matchers with the same answers share their memo (a cache of a pure
+        # function), so repeated predictions skip classifying tokens seen before.
+        config = (tuple(self.answers), None if first_tokens is None else self._exact_key())
+        with _MEMOS_LOCK:
+            memo = _MEMOS.get(config)
+            if memo is None:
+                memo = _MEMOS[config] = _Memo(self._classify)
+                while len(_MEMOS) > _MAX_MEMOS:
+                    del _MEMOS[next(iter(_MEMOS))]
+        self._memo = memo
+
+    def _exact_key(self) -> tuple:
+        return tuple(sorted(self._exact.items()))
 
     def __call__(self, token: str) -> int:
-        hit = self._memo.get(token)
-        if hit is not None:
-            return hit
+        return self._memo[token]
+
+    def row_classes(self, rows: Sequence[Sequence[str]]) -> np.ndarray:
+        """The classes of the tokens of every row, concatenated.
+
+        The result of a row given as a tuple is remembered for as long as the tuple
+        lives in the memo (keyed by the tuple's identity, which the memo keeps
+        alive): completions served from the cache's memory layer are the same
+        objects call after call, so their tokens are classified once.
+
+        >>> m = TokenMatcher(["yes", "no"])
+        >>> m.row_classes([(" yes", "x"), ["No"]])
+        array([ 0, -1,  1])
+        """
+        memo = self._memo
+        seen = memo.rows
+        lookup = memo.__getitem__
+        parts = []
+        fresh = []
+        for toks in rows:
+            hit = seen.get(id(toks))
+            if hit is not None and hit[0] is toks:
+                parts.append(hit[1])
+                continue
+            arr = np.fromiter(map(lookup, toks), dtype=np.intp, count=len(toks))
+            parts.append(arr)
+            if type(toks) is tuple:
+                fresh.append((toks, arr))
+        if fresh:
+            memo.remember(fresh)
+        if not parts:
+            return np.empty(0, dtype=np.intp)
+        return np.concatenate(parts)
+
+    def _classify(self, token: str) -> int:
         norm = normalize_token(token)
         idx = self._exact.get(norm, -1) if norm else -1
         if idx < 0 and len(norm) >= 3 and self._words:
             owners = [i for i, w in enumerate(self._words) if w.startswith(norm)]
             if len(owners) == 1:
                 idx = owners[0]
-        if len(self._memo) < 100_000:
-            self._memo[token] = idx
+        return idx
+
+
+_MEMOS: dict = {}
+_MEMOS_LOCK = threading.Lock()
+_MAX_MEMOS = 8
+_MAX_ROWS = 32_768
+
+
+def _after_fork_in_child() -> None:  # a lock held by another thread at fork stays held
+    global _MEMOS_LOCK
+    _MEMOS_LOCK = threading.Lock()
+    for memo in list(_MEMOS.values()):
+        memo._rows_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _Memo(dict):
+    """Token -> class memo that computes missing entries (bounded in size), and
+    ``rows``: id(tuple of tokens) -> (the tuple, its classes)."""
+
+    def __init__(self, compute) -> None:
+        super().__init__()
+        self._compute = compute
+        self.rows: dict[int, tuple] = {}
+        self._rows_lock = threading.Lock()
+
+    def remember(self, items: list) -> None:
+        with self._rows_lock:
+            rows = self.rows
+            for toks, arr in items:
+                rows[id(toks)] = (toks, arr)
+            while len(rows) > _MAX_ROWS:
+                del rows[next(iter(rows))]
+
+    def __missing__(self, token: str) -> int:
+        idx = self._compute(token)
+        if len(self) < 100_000:
+            self[token] = idx
         return idx
 
 
@@ -302,19 +388,33 @@ def label_log_mass(
         Where that bound stands in for a missing class.
     """
     n, k = len(tokens), matcher.n_classes
-    mass = np.zeros((n, k))
-    floor = np.empty(n)
-    for i, (toks, lps) in enumerate(zip(tokens, logprobs, strict=True)):
-        lps = np.asarray(lps, dtype=float)
-        valid = lps > MIN_LOGPROB
-        floor[i] = lps[valid].min() if valid.any() else MIN_LOGPROB
-        row = mass[i]
-        probs = np.exp(lps)
-        for t, p, ok in zip(toks, probs, valid, strict=True):
-            if ok:
-                c = matcher(t)
-                if c >= 0:
-                    row[c] += p
+    if len(logprobs) != n:
+        raise ValueError(f"{n} token lists but {len(logprobs)} log-probability arrays")
+    lens = np.fromiter(map(len, tokens), dtype=np.intp, count=n)
+    arrays = [
+        lp if type(lp) is np.ndarray and lp.ndim == 1 else np.asarray(lp, dtype=float).reshape(-1)
+        for lp in logprobs
+    ]
+    if not np.array_equal(lens, np.fromiter(map(len, arrays), dtype=np.intp, count=n)):
+        raise ValueError("a token list and its log-probabilities differ in length")
+    lps = np.concatenate(arrays).astype(float, copy=False) if n else np.empty(0)
+    classes = matcher.row_classes(tokens)
+    valid = lps > MIN_LOGPROB
+    # Smallest valid log-probability of each row (empty segments contribute nothing
+    # to reduceat when only the starts of non-empty rows are given).
+    floor = np.full(n, MIN_LOGPROB)
+    nonempty = lens > 0
+    if nonempty.any():
+        starts = (np.cumsum(lens) - lens)[nonempty]
+        mins = np.minimum.reduceat(np.where(valid, lps, np.inf), starts)
+        any_valid = np.add.reduceat(valid.astype(np.intp), starts) > 0
+        floor[nonempty] = np.where(any_valid, mins, MIN_LOGPROB)
+    rows = np.repeat(np.arange(n), lens)
+    hit = valid & (classes >= 0)
+    # bincount adds in input order: the same sums as a row-by-row loop.
+    mass = np.bincount(
+        rows[hit] * k + classes[hit], weights=np.exp(lps[hit]), minlength=n * k
+    ).reshape(n, k)
     floored = mass <= 0.0
     with np.errstate(divide="ignore"):
         log_mass = np.log(mass)

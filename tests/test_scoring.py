@@ -173,3 +173,53 @@ def test_batch_equals_rowwise(rows):
     for i, (t, lp) in enumerate(rows):
         single, _ = label_log_mass([t], [lp], m)
         np.testing.assert_array_equal(batch[i], single[0])
+
+
+def _label_log_mass_loop(tokens, logprobs, matcher):
+    """The row-by-row definition that the vectorized label_log_mass must match."""
+    n, k = len(tokens), matcher.n_classes
+    mass = np.zeros((n, k))
+    floor = np.empty(n)
+    for i, (toks, lps) in enumerate(zip(tokens, logprobs, strict=True)):
+        lps = np.asarray(lps, dtype=float)
+        valid = lps > -1000.0
+        floor[i] = lps[valid].min() if valid.any() else -1000.0
+        for t, lp, ok in zip(toks, lps, valid, strict=True):
+            c = matcher(t)
+            if ok and c >= 0:
+                mass[i, c] += np.exp(lp)
+    floored = mass <= 0.0
+    with np.errstate(divide="ignore"):
+        log_mass = np.where(floored, floor[:, None], np.log(np.where(floored, 1.0, mass)))
+    return log_mass, floored
+
+
+@settings(max_examples=100)
+@given(
+    st.lists(
+        st.one_of(
+            top_lists(),
+            st.just(([], np.array([]))),
+            st.just(([" positive", " no"], np.array([-9999.0, -2.0]))),
+        ),
+        min_size=0,
+        max_size=6,
+    )
+)
+def test_vectorized_label_log_mass_matches_the_loop(rows):
+    toks = [t for t, _ in rows]
+    lps = [lp for _, lp in rows]
+    m = TokenMatcher(LABELS)
+    got, got_floored = label_log_mass(toks, lps, m)
+    want, want_floored = _label_log_mass_loop(toks, lps, m)
+    assert got.shape == (len(rows), 3)
+    np.testing.assert_array_equal(got_floored, want_floored)
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=0)
+
+
+def test_label_log_mass_rejects_misaligned_rows():
+    m = TokenMatcher(LABELS)
+    with pytest.raises(ValueError, match="differ in length"):
+        label_log_mass([[" positive", " negative"]], [np.array([-1.0])], m)
+    with pytest.raises(ValueError, match="token lists"):
+        label_log_mass([[" positive"]], [], m)

@@ -3,6 +3,8 @@
 - :class:`~skllmprob.testing.openai_stub.OpenAIStub`: a small HTTP server on
   127.0.0.1 that answers ``/v1/chat/completions`` and ``/v1/completions`` with
   deterministic log-probabilities, scripted faults and request counters.
+- :class:`~skllmprob.testing.counting.FileCountingBackend`: the deterministic backend
+  counting its requests in a file, so that every process's requests are counted.
 """
 
 __all__ = ["Fault", "OpenAIStub"]
