@@ -508,7 +508,7 @@ class _Run:
             + (f", {u.failed} failed" if u.failed else "")
             + f"; {u.prompt_tokens} prompt + {u.completion_tokens} completion tokens"
             + (
-                f" ({u.cached_tokens} prompt tokens cached by the server)"
+                f" ({u.cached_tokens} of them from the model's prefix cache)"
                 if u.cached_tokens
                 else ""
             )
@@ -592,8 +592,8 @@ def main(
                 code = args.run(run)
             run.report_usage()
             return code
-        except KeyboardInterrupt:
-            stderr.write(f"{PROG}: interrupted.{_resume_hint(run)}\n")
+        except KeyboardInterrupt as e:
+            stderr.write(f"{PROG}: interrupted.{_resume_hint(run, e, interrupted=True)}\n")
             return EXIT_INTERRUPTED
         except BrokenPipeError:
             with contextlib.suppress(OSError):
@@ -626,20 +626,28 @@ def _describe(e: BaseException) -> str:
     return _one_line(f"{type(e).__name__}: {e} (run with --traceback for the details)")
 
 
-def _resume_hint(run: _Run, e: BaseException | None = None) -> str:
-    """What survives a failed run, for backend failures and interruptions."""
-    if e is not None and (
+def _resume_hint(run: _Run, e: BaseException, *, interrupted: bool = False) -> str:
+    """What survives a failed run, for failures of the model and interruptions."""
+    if not interrupted and (
         not isinstance(e, BackendError) or isinstance(e, BackendUnavailableError)
     ):
-        return ""  # not a failure of the model, or nothing was answered at all
+        return ""  # not a failure of the model, or nothing could be sent at all
     if run.classifier is None:
+        return ""
+    usage = getattr(e, "usage", None)  # attached by the library to its errors
+    n = usage.requests if usage is not None else None
+    if isinstance(e, PartialResultsError):
+        n = e.n_completed
+    if n == 0:
         return ""
     if run.cache_is_temporary or run.cache_setting is False:
         return " The answers received so far are not kept (no cache)."
-    if isinstance(e, PartialResultsError):
-        kept = f"The {e.n_completed} answers received in this run are"
-    else:
+    if n is None:
         kept = "The answers received so far are"
+    else:
+        event = "interruption" if interrupted else "error"
+        noun, verb = ("answer", "is") if n == 1 else ("answers", "are")
+        kept = f"The {n} {noun} received before the {event} {verb}"
     return f" {kept} in the cache; running the same command again sends only the rest."
 
 

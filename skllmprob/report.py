@@ -241,7 +241,7 @@ def plot_reliability(
     top.set_ylim(-0.02, 1.02)
     top.set_ylabel("accuracy")
     top.set_title("Reliability of the top label")
-    top.legend(loc="upper left", fontsize="small")
+    top.legend(loc="best", fontsize="small")
     top.grid(alpha=0.3)
     bottom.set_xlabel("confidence (probability of the predicted class)")
     bottom.set_ylabel("samples")

@@ -215,8 +215,8 @@ def test_failure_loses_nothing_and_the_rerun_resumes(files):
     line = error_line(r.stderr)
     assert "told to fail" in line
     assert line.endswith(
-        "The answers received so far are in the cache; running the same command again "
-        "sends only the rest."
+        "The 3 answers received before the error are in the cache; running the same "
+        "command again sends only the rest."
     )
     assert r.stdout == ""
     again = run_script(args, cwd=files)
@@ -248,15 +248,17 @@ def test_interrupt_keeps_the_answers_received(files):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert err == (
-        "skllmprob: interrupted. The answers received so far are in the cache; running the "
-        "same command again sends only the rest.\n"
+    m = re.fullmatch(
+        r"skllmprob: interrupted\. The (\d+) answers received before the interruption are "
+        r"in the cache; running the same command again sends only the rest\.\n",
+        err,
     )
+    assert m, err
     assert not (files / "o.csv").exists()
     again = run_script(args, cwd=files)
     assert again.returncode == 0, again.stderr
     hits = int(re.search(r"(\d+) from the cache", again.stderr)[1])
-    assert 2 <= hits < len(TEST)
+    assert hits == int(m[1]) and 2 <= hits < len(TEST)
 
 
 def test_errors_are_one_line_with_exit_status(files):
@@ -409,10 +411,10 @@ def test_model_without_logprobs_is_one_line(files, monkeypatch):
     monkeypatch.setattr(DeterministicBackend, "complete", no_logprobs)
     code, out, err = run_main("classify", files / "reviews.csv", "--labels", "a", "b", *DET)
     assert code == 1 and out == ""
+    # Nothing was answered, so there is nothing to resume.
     assert error_line(err) == (
         "skllmprob: error: model 'reasoner' returned no log-probabilities; use a model that "
-        "returns them. The answers received so far are in the cache; running the same "
-        "command again sends only the rest."
+        "returns them."
     )
 
 
