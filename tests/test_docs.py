@@ -53,6 +53,8 @@ EXCLUDED = {
     "setup": "creates a virtual environment and installs packages from PyPI (no network "
     "in the test run; CI runs exactly these commands itself)",
     "test-suite": "runs the test suite, which would run itself",
+    "benchmark": "benchmarks run for minutes on the data sets of /work/shared/data "
+    "(taken as arguments); their results are reported from their own runs",
 }
 
 _FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[\w+-]*)\s*$")
