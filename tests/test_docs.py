@@ -12,7 +12,7 @@ How a page runs
   says otherwise (the comments are invisible on GitHub and in the built site):
 
   ``<!-- test: local -->``
-      needs the embedded model: the page is marked ``local``.
+      needs the embedded model: the page is marked ``local`` (and ``slow``).
   ``<!-- test: stub -->``
       talks to an OpenAI-compatible server: it runs against the stub server of
       :mod:`skllmprob.testing.openai_stub`, started in-process on 127.0.0.1 (fast
@@ -147,7 +147,9 @@ def _params():
         page = parse(path)
         if not any(b.kind != "skip" for b in page.blocks):
             continue
-        marks = [pytest.mark.local] if page.needs("local") else []
+        # A page on the embedded model takes several seconds (each shell command
+        # loads the model in its own process).
+        marks = [pytest.mark.local, pytest.mark.slow] if page.needs("local") else []
         out.append(pytest.param(page, id=page.name, marks=marks))
     return out
 
