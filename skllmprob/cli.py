@@ -238,7 +238,7 @@ def _model_options() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a further backend setting, e.g. n_ctx=4096 (VALUE read as JSON when it "
+        help="a further backend setting, e.g. n_ctx=8192 (VALUE read as JSON when it "
         "parses); may be repeated",
     )
     return p
