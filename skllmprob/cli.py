@@ -43,6 +43,8 @@ from typing import Any, TextIO
 import numpy as np
 
 from . import __version__
+from . import calibration as _calibration
+from . import classifier as _classifier
 from ._csvio import CsvTable, check_writable, read_csv, write_csv
 from .exceptions import (
     BackendError,
@@ -57,15 +59,12 @@ from .usage import Usage
 __all__ = ["main"]
 
 PROG = "skllmprob"
-CALIBRATIONS = ("none", "bias", "affine", "threshold", "contextual")
-ZERO_SHOT_CALIBRATIONS = ("none", "contextual")
-THRESHOLD_METRICS = (
-    "accuracy",
-    "balanced_accuracy",
-    "f1",
-    "precision",
-    "recall",
-    "matthews_corrcoef",
+# The choices follow the estimator, so that a new calibration is a new option value.
+CALIBRATIONS = tuple(_classifier.CALIBRATIONS)
+_LABELLED = getattr(_classifier, "_LABELLED_CALIBRATIONS", ("bias", "affine", "threshold"))
+ZERO_SHOT_CALIBRATIONS = tuple(c for c in CALIBRATIONS if c not in _LABELLED)
+THRESHOLD_METRICS = tuple(
+    getattr(_calibration, "THRESHOLD_METRICS", None) or _classifier._THRESHOLD_METRICS
 )
 LOW_COVERAGE = 0.5
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -1000,10 +999,10 @@ def _cmd_fit(run: _Run) -> int:
     run.record(clf, None)
     _save_model(_storable(clf, run), args.output)
     details = ""
-    if args.calibration in ("bias", "affine", "contextual"):
+    if args.calibration not in ("none", "threshold"):
         offsets = ", ".join(f"{c} {b:+.3f}" for c, b in zip(clf.classes_, clf.bias_, strict=True))
         details = f" (offsets: {offsets}"
-        if args.calibration == "affine":
+        if getattr(clf, "temperature_", 1.0) != 1.0:
             details += f"; temperature {clf.temperature_:.3f}"
         details += ")"
     elif args.calibration == "threshold":
@@ -1134,7 +1133,7 @@ def _cmd_evaluate(run: _Run) -> int:
     model_name = _model_name(clf)
     if calibration not in ZERO_SHOT_CALIBRATIONS:
         trained = f"calibration learned on {train.name if train else 'its training set'}"
-    elif calibration == "contextual":
+    elif calibration.startswith("contextual"):
         trained = "zero-shot, calibrated on content-free inputs"
     else:
         trained = "zero-shot"
