@@ -740,20 +740,25 @@ def _check_known(table: CsvTable, y: list[str], labels: Sequence[str], source: s
             )
 
 
-def _read_examples(args, fields, labels: list[str] | None):
+def _read_examples(args, fields, labels: list[str] | None, source: str = "--labels"):
     """Few-shot examples from --examples, and the labels they imply."""
     if not args.examples:
         return None, labels
     table = read_csv(args.examples, stdin=None)
     y = _labels_of(table, args.examples_label_column, option="--examples-label-column")
     if labels is not None:
-        _check_known(table, y, labels, "--labels")
+        _check_known(table, y, labels, source)
     if fields == ("text",):
         texts = table.column(args.text_column or "text", option="--text-column")
         examples = list(zip(texts, y, strict=True))
     else:
-        X = _features(table, fields, None)
-        examples = [({f: X[f].iloc[i] for f in fields}, y[i]) for i in range(len(table))]
+        for f in fields:
+            if f not in table.header:
+                raise InputError(
+                    f"{table.name} has no column {f!r}, which the prompt uses as {{{f}}}."
+                )
+        columns = {f: table.column(f) for f in fields}
+        examples = [({f: columns[f][i] for f in fields}, y[i]) for i in range(len(table))]
     if labels is None:
         labels = sorted(set(y))
     return examples, labels
@@ -984,7 +989,8 @@ def _cmd_fit(run: _Run) -> int:
             f"{table.name} has only the label {y[0]!r}; give the candidate labels with "
             "--labels, or add samples of other labels."
         )
-    examples, _ = _read_examples(args, fields, args.labels or sorted(set(y)))
+    source = "--labels" if args.labels else f"the labels of {table.name}"
+    examples, _ = _read_examples(args, fields, args.labels or sorted(set(y)), source)
     check_writable(args.output)
 
     clf = _build_classifier(
@@ -1105,7 +1111,7 @@ def _cmd_evaluate(run: _Run) -> int:
             raise UsageError(
                 f"--calibration {calibration} learns from labelled samples; give --train."
             )
-        examples, _ = _read_examples(args, fields, labels)
+        examples, _ = _read_examples(args, fields, labels, source)
         clf = _build_classifier(
             run,
             labels=labels,
