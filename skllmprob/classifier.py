@@ -446,7 +446,10 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
     def __getstate__(self):
         state = super().__getstate__()
         state = dict(state)
-        state.pop("api_key", None)  # the key never enters a pickle
+        # The key never enters a pickle; only the fact that there was one, so that a
+        # request without a key can say why (see _make_backend).
+        if state.pop("api_key", None) is not None:
+            state["_api_key_dropped"] = True
         return state
 
     def __setstate__(self, state):
@@ -495,10 +498,13 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
             )
         from .backends.openai import OpenAIBackend
 
+        api_key = self.api_key
+        if api_key is None and getattr(self, "_api_key_dropped", False):
+            api_key = SecretKey(None, dropped=True)  # unpickled: the key was dropped
         return OpenAIBackend(
             model=model,
             base_url=self.base_url,
-            api_key=self.api_key,
+            api_key=api_key,
             endpoint=self.endpoint,
             timeout=float(self.timeout),
             max_retries=int(self.max_retries),
@@ -597,7 +603,10 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
             verbalizers,
             option_codes_mode=self.option_codes,
             exact=backend.exact,
-            first_tokens=backend.first_tokens(verbalizers),
+            # Exact backends tell answers apart by their whole text; asking them for
+            # first tokens of colliding labels (e.g. "Good" and "good") would fail
+            # before option codes could be chosen.
+            first_tokens=None if backend.exact else backend.first_tokens(verbalizers),
         )
         self.answers_ = np.asarray(answers, dtype=object)
         self.uses_option_codes_ = codes
