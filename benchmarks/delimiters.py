@@ -93,7 +93,8 @@ def run(args) -> dict:
     cache = os.path.join(tempfile.mkdtemp(prefix="skllmprob-delim-"), "c.sqlite")
     for shots in args.shots:
         texts, y, labels, examples = load(args.data, args.n, shots // 2, args.seed)
-        for name, template in PROMPTS.items():
+        for name in args.prompts:
+            template = PROMPTS[name]
             clf = LogprobClassifier(
                 labels=labels,
                 prompt=template,
@@ -124,8 +125,10 @@ def run(args) -> dict:
                 "coverage": clean["coverage"],
                 "seconds": seconds,
                 "forgery_accuracy": attack["accuracy"],
+                "forgery_coverage": attack["coverage"],
                 "forgery_p_true_drop": float((clean["p_true"] - attack["p_true"]).mean()),
                 "instruction_accuracy": instructed["accuracy"],
+                "instruction_coverage": instructed["coverage"],
                 "instruction_p_true_drop": float((clean["p_true"] - instructed["p_true"]).mean()),
             }
             if "<text>" in template:
@@ -139,6 +142,7 @@ def run(args) -> dict:
                 mass, _, _ = clf._score_prompts(raw, clf._make_backend())
                 unescaped = metrics(mass, y_idx)
                 row["breakout_accuracy_escaped"] = escaped["accuracy"]
+                row["breakout_coverage_escaped"] = escaped["coverage"]
                 row["breakout_p_true_drop_escaped"] = float(
                     (clean["p_true"] - escaped["p_true"]).mean()
                 )
@@ -171,6 +175,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="test rows (balanced)")
     parser.add_argument("--shots", type=int, nargs="+", default=[0, 4])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prompts", nargs="+", default=list(PROMPTS), choices=list(PROMPTS))
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp n_threads")
     parser.add_argument("--json", help="write the results to this JSON file")
     args = parser.parse_args()
@@ -183,9 +188,12 @@ def main() -> None:
         ("coverage", "coverage"),
         ("forgery_accuracy", "acc|forged cue"),
         ("forgery_p_true_drop", "dP(true)|forged"),
+        ("forgery_coverage", "cov|forged"),
         ("instruction_accuracy", "acc|ignore-instr"),
         ("instruction_p_true_drop", "dP(true)|instr"),
+        ("instruction_coverage", "cov|instr"),
         ("breakout_accuracy_escaped", "acc|breakout"),
+        ("breakout_coverage_escaped", "cov|breakout"),
         ("breakout_accuracy_raw", "acc|breakout raw"),
         ("breakout_p_true_drop_raw", "dP(true)|raw"),
     ]

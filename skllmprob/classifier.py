@@ -603,10 +603,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
             verbalizers,
             option_codes_mode=self.option_codes,
             exact=backend.exact,
-            # Exact backends tell answers apart by their whole text; asking them for
-            # first tokens of colliding labels (e.g. "Good" and "good") would fail
-            # before option codes could be chosen.
-            first_tokens=None if backend.exact else backend.first_tokens(verbalizers),
+            first_tokens=backend.first_tokens(verbalizers),
         )
         self.answers_ = np.asarray(answers, dtype=object)
         self.uses_option_codes_ = codes

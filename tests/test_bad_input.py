@@ -309,6 +309,29 @@ def test_unusual_unicode_crosses_real_http_json_intact(endpoint):
     np.testing.assert_array_equal(proba, reference)
 
 
+@pytest.fixture(scope="module")
+def http_stub():
+    with OpenAIStub() as stub:
+        yield stub
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(st.lists(st.text(alphabet=st.characters(codec="utf-8"), max_size=30), max_size=4))
+def test_any_encodable_text_crosses_http_json_intact(http_stub, batch):
+    batch = [*batch, "a great film"]
+    clf = server_clf(http_stub.base_url, max_concurrency=2)
+    before = len(http_stub.log)
+    proba = clf.predict_proba(batch)
+    sent = [e["body"]["messages"][-1]["content"] for e in list(http_stub.log)[before:]]
+    assert sorted(sent) == sorted(set(clf.render_prompts(batch)))  # byte for byte
+    assert proba.shape == (len(batch), 2) and np.isfinite(proba).all()
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+
+
 # ------------------------------------------------------------ the embedded model
 
 LOCAL = {"n_ctx": 1024, "n_threads": 1}  # as tests/backends/test_llamacpp.py: one load

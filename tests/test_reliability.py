@@ -127,7 +127,7 @@ def test_server_that_goes_away_mid_run(tmp_path):
     """The server is killed mid-run: one clear error, what completed is cached, and
     once the server is back the same call requests only the rest."""
     n = 600
-    r = server_goes_away(n=n, cache=str(tmp_path / "c.sqlite"))
+    r = server_goes_away(n=n, max_retries=1, cache=str(tmp_path / "c.sqlite"))
     d = r.details
     assert d["errors_raised_by_the_failing_call"] == 1
     assert d["error_type"] == "PartialResultsError"

@@ -384,3 +384,81 @@ def test_an_unpickled_classifier_says_why_it_has_no_key(monkeypatch):
             ["x"]
         )
     assert "unpickled" not in str(info.value)
+
+
+# ------------------------------------------------------------------ isolation
+
+
+def test_two_servers_or_two_models_never_share_cache_entries(tmp_path):
+    """One cache file, two servers (different answers) and two model names: every
+    combination requests its own answers; only the same server and model hit."""
+    path = str(tmp_path / "shared.sqlite")
+    texts = TEXTS
+    with OpenAIStub(seed=1) as a, OpenAIStub(seed=2) as b:
+
+        def run(stub, model, base_url=None):
+            clf = LogprobClassifier(
+                model, labels=LABELS, base_url=base_url or stub.base_url, cache=path
+            )
+            proba = clf.fit(None, None).predict_proba(texts)
+            return proba, clf.usage_.last.requests
+
+        pa, sent = run(a, "model-x")
+        assert sent == len(texts)
+        pb, sent = run(b, "model-x")  # another server: no entry of a's is read
+        assert sent == len(texts) and not np.array_equal(pa, pb)
+        _, sent = run(a, "model-y")  # another model at the same server
+        assert sent == len(texts)
+        pa2, sent = run(a, "model-x")  # the same server and model: all from the cache
+        assert sent == 0 and np.array_equal(pa, pa2)
+        # The same URL written differently is the same server.
+        _, sent = run(a, "model-x", base_url=a.base_url.upper().replace("/V1", "/v1/"))
+        assert sent == 0
+        assert a.requests == 2 * len(texts) and b.requests == len(texts)
+
+
+def test_the_cache_file_holds_no_text_of_the_prompts(stub, key_source):
+    """Entries are keyed by a SHA-256 of the prompt: neither prompts nor texts are in
+    the file, only the model's top answer tokens and their log-probabilities. (Those
+    tokens can be words of the text: this stub's model, like real ones, sometimes
+    ranks a word it just read among its top next tokens.)"""
+    secret_text = f"confidential review {uuid.uuid4().hex}: a great film"
+    make(stub, key_source).fit(None, None).predict_proba([secret_text])
+    folder = default_cache_path().parent
+    data = b"".join(f.read_bytes() for f in folder.iterdir() if f.is_file())
+    assert b"positive" in data
+    assert secret_text.encode() not in data
+    prompt = make(stub, key_source).fit(None, None).render_prompts([secret_text])[0]
+    assert prompt.encode() not in data and prompt.split("\n")[0].encode() not in data
+
+
+# ------------------------------------------------------------------ what a model can do
+
+
+def test_requests_ask_for_one_token_and_offer_no_tools(stub, key_source):
+    make(stub, key_source, endpoint="chat").fit(None, None).predict_proba(TEXTS[:2])
+    make(stub, key_source, endpoint="completions").fit(None, None).predict_proba(TEXTS[:2])
+    bodies = [e["body"] for e in stub.log]
+    assert len(bodies) == 4
+    for body in bodies:
+        assert body.get("max_tokens", body.get("max_completion_tokens")) == 1
+        assert not {"tools", "functions", "tool_choice", "function_call"} & set(body)
+        assert body.get("stream") in (None, False) and body.get("n") in (None, 1)
+
+
+def test_whatever_the_model_answers_is_only_read_as_probabilities(tmp_path):
+    """A hostile or injected answer token is a string whose probability is summed
+    or reported; nothing in it is executed or followed."""
+    marker = tmp_path / "pwned"
+    hostile = f"__import__('os').system('touch {marker}')"
+    pairs = [(hostile, -0.1), ("{{text}}", -2.0), (" positive", -3.0), (" negative", -4.0)]
+    with OpenAIStub(distribution=lambda prompt: pairs) as stub:
+        clf = LogprobClassifier(
+            "m", labels=LABELS, base_url=stub.base_url, cache=str(tmp_path / "c.sqlite")
+        )
+        clf.fit(TEXTS[:2], ["positive", "negative"])
+        proba = clf.predict_proba(TEXTS)
+    assert not marker.exists()
+    assert hostile in clf.other_tokens_  # reported as what the model said instead
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert clf.coverage_ < 0.2  # and coverage shows that labels got little mass
