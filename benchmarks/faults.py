@@ -122,7 +122,8 @@ def main() -> int:
         if "seconds_to_fail" in r.details:
             d = r.details
             print(
-                f"{r.scenario}: failed after {d['seconds_to_fail']:.1f} s with "
+                f"{r.scenario}: failed {d['seconds_from_kill_to_error']:.1f} s after the "
+                f"kill ({d['seconds_to_fail']:.1f} s after the start) with "
                 f"{d['errors_raised_by_the_failing_call']} error; cached "
                 f"{d['texts_cached_after_failure']}, rerun sent {d['rerun_requests']} "
                 f"({d['rerun_texts_already_cached']} of them already cached)"

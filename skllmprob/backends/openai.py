@@ -925,9 +925,12 @@ class OpenAIBackend(Backend):
             f"{len(failures)} of {total} prompts got no result from {where}: "
             f"{len(sent)} requests failed after {self.max_retries} retries ({summary})"
         )
-        if unsent:
+        down = bool(sent) and all(f.connection for f in sent)
+        if unsent and down:
+            message += f", and {unsent} were not sent once the server could not be reached"
+        elif unsent:
             message += f", and {unsent} were not sent after {self._breaker()} failures in a row"
-        if sent and all(f.connection for f in sent):
+        if down:
             hint = (
                 f"the server at {self.resolved_base_url()} stopped accepting connections: "
                 "once it is back, call again to send only the others."
@@ -1011,13 +1014,16 @@ class OpenAIBackend(Backend):
                         outcome.index = i
                         failures.append(outcome)
                         state["streak"] += 1
-                        # Too many failures in a row, or a server that cannot be
-                        # reached at all: the rest are not sent.
-                        # A server that cannot be reached, or that answers with
-                        # something else than a completion before any success
-                        # (a wrong base_url), gets no more requests.
-                        first_fails = outcome.connection or outcome.malformed
-                        if state["streak"] >= breaker or (first_fails and not state["ok"]):
+                        # The rest are not sent after too many failures in a row,
+                        # after a request that still cannot connect once its retries
+                        # are spent (the server is down or gone: the others would
+                        # wait as long and fail too), or when the first answers are
+                        # not completions at all (a wrong base_url).
+                        if (
+                            state["streak"] >= breaker
+                            or outcome.connection
+                            or (outcome.malformed and not state["ok"])
+                        ):
                             state["stopped"] = True
                         continue
                 state["streak"] = 0
@@ -1037,9 +1043,9 @@ class OpenAIBackend(Backend):
                 await asyncio.wait(workers)
                 raise
             if state["stopped"] and state["fatal"] is None:
-                # Too many failures in a row: the rest are not sent.
+                # The call was stopped: the rest are not sent.
                 last = failures[-1]
-                note = BackendError(f"not sent after {breaker} failures in a row")
+                note = BackendError("not sent: the call was stopped after failures")
                 for i in [*unsent, *pending]:
                     failures.append(_Failure(i, note, last.reason, last.connection, sent=False))
             return failures, state["fatal"]

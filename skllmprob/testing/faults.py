@@ -453,7 +453,7 @@ def server_goes_away(
             timeout=timeout,
         )
         killed = threading.Event()
-        seen = {"requests": 0, "successes": {}}
+        seen = {"requests": 0, "successes": {}, "killed_at": None}
 
         def killer() -> None:
             while not killed.is_set():
@@ -462,6 +462,7 @@ def server_goes_away(
                     seen["requests"] = stats["requests"]
                     seen["successes"] = stats["prompt_successes"]
                     server.kill()
+                    seen["killed_at"] = time.perf_counter()
                     killed.set()
                     return
                 time.sleep(0.01)
@@ -474,7 +475,8 @@ def server_goes_away(
             clf.predict_proba(texts)
         except Exception as e:
             errors.append(e)
-        failed_after = time.perf_counter() - t0
+        failed_at = time.perf_counter()
+        failed_after = failed_at - t0
         killed.set()
         watcher.join()
         result.errors = [_one_line(e) for e in errors]
@@ -521,6 +523,9 @@ def server_goes_away(
         "n_failed_reported": getattr(first, "n_failed", None),
         "requests_before_kill": seen["requests"],
         "seconds_to_fail": failed_after,
+        "seconds_from_kill_to_error": (
+            failed_at - seen["killed_at"] if seen["killed_at"] is not None else None
+        ),
         "cache_entries_after_failure": after_failure.entries,
         "texts_cached_after_failure": len(cached),
         "rerun_requests": rerun["requests"],
