@@ -4,7 +4,7 @@ Runs the scenarios of :mod:`skllmprob.testing.faults` (the same code that
 ``tests/test_reliability.py`` asserts on) at full size and prints one table:
 
 - mixed faults: 2,000 texts; 5% of all requests get a 429 with ``Retry-After``, 2% of
-  the texts a 500 once, 1% of the texts no answer once (client timeout 0.5 s);
+  the texts a 500 once, 1% of the texts no answer once (client timeout 1 s);
 - server goes away: the server process is killed (``SIGKILL``) after 40% of the
   requests, the call fails, the server comes back on the same port, the call is
   made again (once with short retries, once with the library's defaults:

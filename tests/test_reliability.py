@@ -75,7 +75,7 @@ def test_small_mixed_fault_run(tmp_path):
         rate_429=0.1,
         rate_500=0.05,
         rate_timeout=0.025,
-        timeout=0.3,
+        timeout=1.0,
         seed=2,
         cache=str(tmp_path / "c.sqlite"),
     )
@@ -162,13 +162,13 @@ def test_sigkill_of_the_client_five_times(tmp_path):
         assert rd["integrity"] == "ok" and rd["corrupt"] == 0, rd
         assert not rd["finished_before_kill"], rd
         # Only the requests in flight (and answers not yet committed) are lost.
-        assert rd["requests"] - (rd["entries"] - entries) <= 2 * conc, rd
+        assert rd["requests"] - (rd["entries"] - entries) <= 3 * conc, rd
         entries = rd["entries"]
     assert entries < 1000
     assert r.details["final_run_requests"] == 1000 - entries
     assert r.results == 1000 and r.lost == 0 and r.corrupt == 0
     assert r.details["final_entries"] == 1000 and r.details["final_claims"] == 0
-    assert r.resent <= 5 * 2 * conc
+    assert r.resent <= 5 * 3 * conc
 
 
 @pytest.mark.slow

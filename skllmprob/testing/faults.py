@@ -326,7 +326,7 @@ def mixed_faults(
     rate_500: float = 0.02,
     rate_timeout: float = 0.01,
     retry_after: float = 0.02,
-    timeout: float = 0.5,
+    timeout: float = 1.0,
     max_concurrency: int = 8,
     max_retries: int = 5,
     latency: float = 0.0,
