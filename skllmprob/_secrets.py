@@ -27,18 +27,26 @@ class SecretKey:
     >>> key.reveal()
     'sk-test-123'
     >>> import pickle
-    >>> pickle.loads(pickle.dumps(key)).reveal() is None
-    True
+    >>> back = pickle.loads(pickle.dumps(key))
+    >>> back.reveal() is None, back.dropped
+    (True, True)
     """
 
-    __slots__ = ("_value",)
+    __slots__ = ("_dropped", "_value")
 
-    def __init__(self, value: object) -> None:
+    def __init__(self, value: object, *, dropped: bool = False) -> None:
         self._value = value
+        self._dropped = bool(dropped)
 
     def reveal(self) -> object:
         """Return the key itself (``None`` after unpickling)."""
         return self._value
+
+    @property
+    def dropped(self) -> bool:
+        """Whether a key was dropped by pickling (so error messages can say why
+        there is none, e.g. in the worker processes of ``GridSearchCV(n_jobs=2)``)."""
+        return self._dropped
 
     def __repr__(self) -> str:
         return "SecretKey('**********')" if self._value is not None else "SecretKey(None)"
@@ -68,8 +76,12 @@ class SecretKey:
         return self
 
     def __reduce__(self):
-        # The value never enters a pickle.
-        return (SecretKey, (None,))
+        # The value never enters a pickle; only the fact that there was one.
+        return (_dropped_key, ())
+
+
+def _dropped_key() -> SecretKey:
+    return SecretKey(None, dropped=True)
 
 
 class SecretParam:

@@ -446,7 +446,10 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
     def __getstate__(self):
         state = super().__getstate__()
         state = dict(state)
-        state.pop("api_key", None)  # the key never enters a pickle
+        # The key never enters a pickle; only the fact that there was one, so that a
+        # request without a key can say why (see _make_backend).
+        if state.pop("api_key", None) is not None:
+            state["_api_key_dropped"] = True
         return state
 
     def __setstate__(self, state):
@@ -495,10 +498,13 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
             )
         from .backends.openai import OpenAIBackend
 
+        api_key = self.api_key
+        if api_key is None and getattr(self, "_api_key_dropped", False):
+            api_key = SecretKey(None, dropped=True)  # unpickled: the key was dropped
         return OpenAIBackend(
             model=model,
             base_url=self.base_url,
-            api_key=self.api_key,
+            api_key=api_key,
             endpoint=self.endpoint,
             timeout=float(self.timeout),
             max_retries=int(self.max_retries),

@@ -454,8 +454,13 @@ class LlamaCppBackend(Backend):
     # -- Backend API -----------------------------------------------------------------
 
     def first_tokens(self, answers: Sequence[str]) -> list[list[str]]:
-        spec = self._load().answer_spec(tuple(answers))
-        return spec.first_token_texts
+        llm = self._load()
+        try:
+            return llm.answer_spec(tuple(answers)).first_token_texts
+        except ConfigurationError:
+            # Answers that cannot be told apart ("Good" and "good"): the classifier
+            # switches to option codes; it only needs each answer's own tokens here.
+            return [llm.answer_spec((a,)).first_token_texts[0] for a in answers]
 
     def tokenize_prompt(self, prompt: str) -> list[int]:
         """The token ids the model is given for ``prompt`` (chat template applied

@@ -399,8 +399,13 @@ def _scrub_value(value: Any, secret: str | None) -> Any:
     return value
 
 
+_AUTH_HEADERS = ("authorization", "api-key", "proxy-authorization")
+
+
 def _scrub_exception(e: BaseException, secret: str | None) -> None:
-    """Remove the key from an SDK exception's text before it is chained."""
+    """Remove the key from an SDK exception before it is chained or kept: its text,
+    and the headers of the HTTP request it holds (which a pickle of the error, e.g.
+    from a joblib worker, would otherwise carry)."""
     if not secret:
         return
     e.args = tuple(_scrub_value(a, secret) for a in e.args)
@@ -408,6 +413,22 @@ def _scrub_exception(e: BaseException, secret: str | None) -> None:
         if hasattr(e, attr):
             with contextlib.suppress(AttributeError):  # a read-only attribute
                 setattr(e, attr, _scrub_value(getattr(e, attr), secret))
+    response = getattr(e, "response", None)
+    for attr in ("_content", "_text"):  # the raw and decoded body kept by httpx
+        body = getattr(response, attr, None)
+        with contextlib.suppress(AttributeError, TypeError):
+            if isinstance(body, bytes) and secret.encode() in body:
+                setattr(response, attr, body.replace(secret.encode(), b"**********"))
+            elif isinstance(body, str) and secret in body:
+                setattr(response, attr, body.replace(secret, "**********"))
+    for request in (getattr(e, "request", None), getattr(response, "request", None)):
+        headers = getattr(request, "headers", None)
+        if headers is None:
+            continue
+        for name in _AUTH_HEADERS:
+            with contextlib.suppress(Exception):  # a request without such headers
+                if name in headers:
+                    headers[name] = "**********"
 
 
 def _not_retriable(body: bytes) -> bool:
@@ -435,6 +456,7 @@ class _Failure:
     reason: str
     connection: bool = False
     sent: bool = True
+    malformed: bool = False
 
 
 class _Fatal(Exception):
@@ -657,6 +679,13 @@ class OpenAIBackend(Backend):
         return out
 
     def check_query(self, query: Query) -> None:
+        path = urlsplit(self.resolved_base_url()).path
+        if path.endswith(("/chat/completions", "/completions")):
+            raise ConfigurationError(
+                f"base_url {self.resolved_base_url()!r} ends with an endpoint path; give "
+                "the API root instead (e.g. 'http://127.0.0.1:8000/v1'): the endpoint is "
+                "added per request (see endpoint=)."
+            )
         if query.top_logprobs < 1:
             raise ConfigurationError("top_logprobs must be at least 1.")
         cap = self.max_top_logprobs
@@ -690,8 +719,20 @@ class OpenAIBackend(Backend):
             env = "AZURE_OPENAI_API_KEY" if self.is_azure() else "OPENAI_API_KEY"
             raise ConfigurationError(
                 f"no API key for {self.resolved_base_url()}: pass api_key=... or set ${env}."
+                + self._dropped_key_note()
             )
         return NO_KEY, None
+
+    def _dropped_key_note(self) -> str:
+        """Why there is no key, when it was dropped by pickling."""
+        if not getattr(self._api_key, "dropped", False):
+            return ""
+        return (
+            " This object was unpickled (for instance in a worker process of "
+            "GridSearchCV(n_jobs=2) or cross_val_score(n_jobs=2)), and an API key is "
+            "never pickled: set $OPENAI_API_KEY, which worker processes inherit, instead "
+            "of api_key=."
+        )
 
     def _client(self, key: str) -> Any:
         fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -872,16 +913,34 @@ class OpenAIBackend(Backend):
             )
             err.__cause__ = errors[0]
             return err  # type: ignore[return-value]
+        if ok == 0 and sent and all(f.malformed for f in sent):
+            err = BackendUnavailableError(
+                f"{where} answered with HTTP 200 but not with an OpenAI completion "
+                f"({summary}). Is base_url the API root of an OpenAI-compatible server "
+                "(usually ending in '/v1', e.g. 'http://127.0.0.1:8000/v1')?"
+            )
+            err.__cause__ = errors[0]
+            return err  # type: ignore[return-value]
         message = (
             f"{len(failures)} of {total} prompts got no result from {where}: "
             f"{len(sent)} requests failed after {self.max_retries} retries ({summary})"
         )
-        if unsent:
+        down = bool(sent) and all(f.connection for f in sent)
+        if unsent and down:
+            message += f", and {unsent} were not sent once the server could not be reached"
+        elif unsent:
             message += f", and {unsent} were not sent after {self._breaker()} failures in a row"
-        message += (
-            f". The {ok} that succeeded are cached; call again to send only the others "
-            "(raising timeout or max_retries, or lowering max_concurrency, may help)."
-        )
+        if down:
+            hint = (
+                f"the server at {self.resolved_base_url()} stopped accepting connections: "
+                "once it is back, call again to send only the others."
+            )
+        else:
+            hint = (
+                "call again to send only the others (raising timeout or max_retries, or "
+                "lowering max_concurrency, may help)."
+            )
+        message += f". The {ok} that succeeded are cached; {hint}"
         err = PartialResultsError(message, n_failed=len(failures), n_completed=ok, errors=errors)
         if errors:
             err.__cause__ = errors[0]
@@ -955,9 +1014,16 @@ class OpenAIBackend(Backend):
                         outcome.index = i
                         failures.append(outcome)
                         state["streak"] += 1
-                        # Too many failures in a row, or a server that cannot be
-                        # reached at all: the rest are not sent.
-                        if state["streak"] >= breaker or (outcome.connection and not state["ok"]):
+                        # The rest are not sent after too many failures in a row,
+                        # after a request that still cannot connect once its retries
+                        # are spent (the server is down or gone: the others would
+                        # wait as long and fail too), or when the first answers are
+                        # not completions at all (a wrong base_url).
+                        if (
+                            state["streak"] >= breaker
+                            or outcome.connection
+                            or (outcome.malformed and not state["ok"])
+                        ):
                             state["stopped"] = True
                         continue
                 state["streak"] = 0
@@ -977,9 +1043,9 @@ class OpenAIBackend(Backend):
                 await asyncio.wait(workers)
                 raise
             if state["stopped"] and state["fatal"] is None:
-                # Too many failures in a row: the rest are not sent.
+                # The call was stopped: the rest are not sent.
                 last = failures[-1]
-                note = BackendError(f"not sent after {breaker} failures in a row")
+                note = BackendError("not sent: the call was stopped after failures")
                 for i in [*unsent, *pending]:
                     failures.append(_Failure(i, note, last.reason, last.connection, sent=False))
             return failures, state["fatal"]
@@ -1005,7 +1071,8 @@ class OpenAIBackend(Backend):
             )
             return _Fatal(err)
         if isinstance(e, _Malformed | ValueError):
-            return _Failure(-1, e, f"malformed response ({_short(str(e), secret)})")
+            reason = f"malformed response ({_short(str(e), secret)})"
+            return _Failure(-1, e, reason, malformed=True)
         if isinstance(e, openai.APIStatusError):
             status = e.status_code
             message = _error_message(e, secret)
@@ -1072,13 +1139,16 @@ def _error_message(e: Any, secret: str | None) -> str:
 
 def _hint(status: int, low: str, backend: OpenAIBackend, plan: _Plan) -> str:
     if status == 401:
-        return "Check api_key (or $OPENAI_API_KEY) for this server."
+        return "Check api_key (or $OPENAI_API_KEY) for this server." + (
+            backend._dropped_key_note() if plan.secret is None else ""
+        )
     if status == 403:
         return "The key is not allowed to use this model or endpoint."
     if status == 404:
         return (
-            f"Check the model name {backend.model!r} (for Azure: the deployment name) and "
-            f"that the server has a {plan.path} endpoint (see endpoint=)."
+            f"Check the model name {backend.model!r} (for Azure: the deployment name), "
+            f"that the server has a {plan.path} endpoint (see endpoint=) and that base_url "
+            "is the server's API root (usually ending in '/v1')."
         )
     if "max_tokens" in low and "max_completion_tokens" in low:
         other = "max_tokens" if "max_completion_tokens" in plan.body else "max_completion_tokens"
