@@ -207,7 +207,9 @@ def fit_offsets(
     and 4 classes) and on held-out training rows of a movie-review task scored by
     Gemma 3 270M: it has the smallest worst-case excess log-loss over the best
     fixed ``alpha`` with 8 to 64 samples; with 64 samples it is within 0.003 of
-    the best everywhere.
+    the best everywhere. (Choosing ``alpha`` per fit by maximizing the Laplace
+    approximation of the marginal likelihood was tried too: it shrinks better when
+    there is no bias, worse for moderate biases, and has no smaller worst case.)
 
     Classes with no sample (of positive weight) cannot be fitted: the likelihood is
     taken conditionally on the classes present, and a missing class gets the
@@ -283,11 +285,22 @@ def fit_offsets(
     yy = remap[y[keep]]
     z = z_all[keep][:, present]
     p0 = prior[present]
-    m, kp = len(yy), len(present)
+    kp = len(present)
+    alpha_t = alpha * _T_PENALTY if temperature_alpha is None else temperature_alpha
+    theta = _penalized_fit(z, yy, w, p0, alpha, alpha_t, fit_temperature)
+    d = np.zeros(k)
+    d[present] = theta[:kp] - theta[:kp].mean()  # the missing classes: neutral
+    bias = prior + d
+    temperature = float(np.exp(theta[kp])) if fit_temperature else 1.0
+    return bias - bias.mean(), temperature
+
+
+def _penalized_fit(z, yy, w, p0, alpha, alpha_t, fit_temperature, theta0=None):
+    """Minimize the penalized log-loss over the offsets ``d`` (and ``log T``)."""
+    m, kp = z.shape
     onehot = np.zeros((m, kp))
     onehot[np.arange(m), yy] = 1.0
     scale = 1.0 / m  # optimize the mean, for a well-scaled problem
-    alpha_t = alpha * _T_PENALTY if temperature_alpha is None else temperature_alpha
 
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
         d = theta[:kp]
@@ -302,7 +315,8 @@ def fit_offsets(
         grad_t = -(resid * z).sum() * inv_t + 2 * alpha_t * log_t
         return loss * scale, np.append(grad_d, grad_t) * scale
 
-    theta0 = np.zeros(kp + int(fit_temperature))
+    if theta0 is None:
+        theta0 = np.zeros(kp + int(fit_temperature))
     bounds = [(None, None)] * kp + ([_LOG_T_BOUNDS] if fit_temperature else [])
     res = minimize(
         objective,
@@ -312,11 +326,7 @@ def fit_offsets(
         bounds=bounds,
         options={"maxiter": 1000, "ftol": 1e-12, "gtol": 1e-9},
     )
-    d = np.zeros(k)
-    d[present] = res.x[:kp] - res.x[:kp].mean()  # the missing classes: neutral
-    bias = prior + d
-    temperature = float(np.exp(res.x[kp])) if fit_temperature else 1.0
-    return bias - bias.mean(), temperature
+    return res.x
 
 
 def contextual_offsets(

@@ -357,7 +357,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
     >>> clf.predict(["what a great film", "a dull mess"])
     array(['positive', 'negative'], dtype='<U8')
     >>> clf.predict_proba(["what a great film"]).round(3)
-    array([[0.008, 0.992]])
+    array([[0.011, 0.989]])
     """
 
     api_key = SecretParam()
@@ -818,8 +818,10 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         absent = self.classes_[~seen].tolist()
         if self.calibration == "threshold":
             effect = "the threshold stays at 0.5"
+        elif self.calibration == "contextual-bias":
+            effect = "their offsets keep the contextual estimate (no correction)"
         else:
-            effect = "their offsets stay neutral (the mean of the fitted ones)"
+            effect = "their offsets stay neutral (0, the mean of all offsets)"
         warnings.warn(
             f"calibration={self.calibration!r}: the classes {absent} have no labelled "
             f"sample (of positive weight), so {effect}. Add samples of every class to "

