@@ -342,6 +342,7 @@ def main(argv=None) -> int:
     targets = check_targets(name, results)
     results["targets"] = targets
     (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(markdown_tables(results))
     print_tables(results)
     print(
         f"\n{requests} model requests; {results['seconds']['total']:.0f} s in all "
@@ -360,7 +361,12 @@ def _find(results, prompt, method, n):
 
 def check_targets(name: str, results: dict) -> list[dict]:
     out = []
-    ops = {">=": np.greater_equal, "<=": np.less_equal, "<": np.less}
+    # Means of a few draws: compare at the precision they are reported with.
+    ops = {
+        ">=": lambda a, b: round(a, 6) >= round(b, 6),
+        "<=": lambda a, b: round(a, 6) <= round(b, 6),
+        "<": lambda a, b: round(a, 6) < round(b, 6),
+    }
     for prompt, method, n, metric, op, ref in TARGETS.get(name, []):
         s = _find(results, prompt, method, n)
         if s is None:
@@ -414,6 +420,37 @@ def check_targets(name: str, results: dict) -> list[dict]:
                     }
                 )
     return out
+
+
+def markdown_tables(results: dict) -> str:
+    """The tables of :func:`print_tables` as Markdown."""
+    cols = ["accuracy", "macro_f1", "log_loss", "brier", "ece"]
+    lines = []
+    for prompt in ("zero-shot", "few-shot", "tfidf+lr"):
+        cov = results["coverage"].get(prompt)
+        lines += [
+            "",
+            f"**{prompt}**" + (f" (label coverage {cov:.1%})" if cov is not None else ""),
+            "",
+        ]
+        lines += ["| method | n | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
+        for c in results["configs"]:
+            if c["prompt"] != prompt:
+                continue
+            s = c["summary"]
+            cells = [
+                f"{s[m]['mean']:.3f}" + (f" ± {s[m]['std']:.3f}" if len(c["runs"]) > 1 else "")
+                for m in cols
+            ]
+            lines.append(f"| {c['method']} | {c['n']} | " + " | ".join(cells) + " |")
+    if results.get("targets"):
+        lines += ["", "| target | value | met |", "|---|---:|---|"]
+        for t in results["targets"]:
+            lines.append(
+                f"| {t['config']}: {t['metric']} {t['target']} | {t['value']:.3f} | "
+                f"{'yes' if t['met'] else 'no'} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def print_tables(results: dict) -> None:

@@ -357,7 +357,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
     >>> clf.predict(["what a great film", "a dull mess"])
     array(['positive', 'negative'], dtype='<U8')
     >>> clf.predict_proba(["what a great film"]).round(3)
-    array([[0.011, 0.989]])
+    array([[0.01, 0.99]])
     """
 
     api_key = SecretParam()

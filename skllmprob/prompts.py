@@ -17,7 +17,7 @@ Examples
 --------
 >>> r = PromptRenderer(DEFAULT_PROMPT, labels=["positive", "negative"])
 >>> print(r.render_one({"text": "a gem of a film"}))
-Here is a text, followed by its category (positive, negative).
+Categories: positive, negative.
 <BLANKLINE>
 Text: a gem of a film
 Category:
@@ -40,15 +40,14 @@ __all__ = [
     "template_row_fields",
 ]
 
-#: The default template. Chosen among 18 generic candidates on held-out *training*
+#: The default template. Chosen among generic candidates on held-out *training*
 #: rows of a movie-review (2 classes) and a news-topic (4 classes) task, zero-shot
 #: and with 4 examples, scored by the embedded Gemma 3 270M after fitting offsets
-#: on 64 samples: it beat the previous default ("Classify the text into one of these
-#: categories: {labels}.\n\n{examples}Text: {text}\nAnswer:") on all four (see
+#: on 64 samples: the best mean accuracy over the four, and not worse than the
+#: previous default ("Classify the text into one of these categories:
+#: {labels}.\n\n{examples}Text: {text}\nAnswer:") on any of them (see
 #: benchmarks/RESULTS-calibration.md).
-DEFAULT_PROMPT = (
-    "Here is a text, followed by its category ({labels}).\n\n{examples}Text: {text}\nCategory:"
-)
+DEFAULT_PROMPT = "Categories: {labels}.\n\n{examples}Text: {text}\nCategory:"
 
 RESERVED_FIELDS = frozenset({"labels", "examples"})
 
