@@ -13,14 +13,6 @@ from typing import Any, ClassVar
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.exceptions import DataConversionWarning
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    f1_score,
-    matthews_corrcoef,
-    precision_score,
-    recall_score,
-)
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -36,15 +28,8 @@ from .usage import UsageTracker
 
 __all__ = ["LogprobClassifier"]
 
-CALIBRATIONS = ("none", "bias", "affine", "threshold", "contextual")
-_THRESHOLD_METRICS = {
-    "accuracy": accuracy_score,
-    "balanced_accuracy": balanced_accuracy_score,
-    "f1": f1_score,
-    "precision": precision_score,
-    "recall": recall_score,
-    "matthews_corrcoef": matthews_corrcoef,
-}
+CALIBRATIONS = ("none", "bias", "affine", "threshold", "contextual", "contextual-bias")
+_LABELLED_CALIBRATIONS = ("bias", "affine", "threshold", "contextual-bias")
 _N_OTHER_TOKENS = 20
 
 
@@ -256,24 +241,49 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         How ``fit`` corrects the model's label bias:
 
         - ``"none"``: renormalized label probabilities.
-        - ``"bias"``: per-class additive offsets on the log-probabilities, fitted by
-          L2-regularized log-loss on the labelled samples (``bias_``).
-        - ``"affine"``: offsets and a shared temperature (``temperature_``).
+        - ``"bias"``: per-class additive offsets on the normalized
+          log-probabilities (``bias_``), fitted by minimizing the log-loss on the
+          labelled samples with an L2 penalty (``calibration_alpha``). Classes with
+          no labelled sample get a neutral offset, with a warning.
+        - ``"affine"``: offsets and a shared temperature (``temperature_``) that
+          sharpens or flattens every row.
         - ``"threshold"``: binary only; the decision threshold on the probability of
-          ``classes_[1]`` that maximizes ``scoring`` (``threshold_``).
-          ``predict_proba`` is unchanged.
-        - ``"contextual"``: no labels needed; offsets that make content-free inputs
-          (``content_free``) come out uniform.
+          ``pos_label`` that maximizes ``scoring`` on the labelled samples
+          (``threshold_``). ``predict_proba`` is unchanged (renormalized), only
+          ``predict`` uses the threshold. For several classes use ``"bias"``, which
+          shifts every class's decision boundary; ``"threshold"`` raises there.
+        - ``"contextual"``: no labels needed; offsets that make the content-free
+          inputs (``content_free``) come out uniform on average. Labels passed to
+          ``fit`` are not used (only their classes).
+        - ``"contextual-bias"``: the contextual offsets, then corrected from the
+          labelled samples: like ``"bias"``, with the penalty pulling towards the
+          contextual offsets instead of zero.
+
+        The calibrated probabilities are ``softmax(log p / temperature_ + bias_)``
+        with ``log p`` the model's renormalized label log-probabilities; see
+        :mod:`skllmprob.calibration` for the maths.
     scoring : str or callable, default="accuracy"
         The metric ``calibration="threshold"`` maximizes: ``"accuracy"``,
         ``"balanced_accuracy"``, ``"f1"``, ``"precision"``, ``"recall"``,
-        ``"matthews_corrcoef"``, or a callable ``metric(y_true, y_pred)`` on booleans
-        (``True`` for ``classes_[1]``).
-    calibration_alpha : float, default=0.01
-        L2 penalty on the offsets (and the log-temperature) of ``"bias"`` and
-        ``"affine"``.
-    content_free : tuple of str, default=("N/A", "", "[MASK]")
-        Inputs put in place of the text (every row field) by ``"contextual"``.
+        ``"matthews_corrcoef"`` (``pos_label`` is the positive class), or a callable
+        ``metric(y_true, y_pred)`` on class labels (e.g.
+        ``functools.partial(fbeta_score, beta=2, pos_label="spam")``), called with
+        ``sample_weight=`` when ``fit`` gets sample weights.
+    pos_label : label, default=None
+        The positive class of ``calibration="threshold"``: the threshold applies to
+        its probability. ``None``: ``classes_[1]``, the greater label (as in
+        scikit-learn).
+    calibration_alpha : float, default=0.3
+        Strength of the L2 penalty on the offsets of ``"bias"``, ``"affine"`` and
+        ``"contextual-bias"`` (three times that on the log-temperature of
+        ``"affine"``), counted in samples: it weighs like the log-loss of a fixed
+        number of samples, so it steadies fits on 8 to 16 samples and fades with
+        more. Raise it when the model is known to be nearly unbiased, lower it when
+        its bias is large.
+    content_free : tuple of str or dict, default=("N/A", "", "[MASK]")
+        Content-free inputs for ``"contextual"`` and ``"contextual-bias"``. A str
+        fills every field of the prompt (the text, or every column); a dict gives
+        the value of each field. Their prompts go through the cache like any other.
     backend : {"auto", "llamacpp", "openai", "deterministic"} or Backend, default="auto"
         Where log-probabilities come from. ``"auto"``: the local llama.cpp backend
         when ``model`` is ``None`` or a ``.gguf`` path, else the OpenAI client. A
@@ -320,12 +330,16 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
     uses_option_codes_ : bool
         Whether labels were replaced by option codes.
     bias_ : ndarray of shape (n_classes,)
-        Offsets added to the normalized log-probabilities (zeros for ``"none"``).
+        Offsets added to the normalized log-probabilities, centered to a mean of 0
+        (zeros for ``"none"`` and ``"threshold"``).
     temperature_ : float
         Divides the normalized log-probabilities before the offsets (1.0 unless
         ``"affine"``).
     threshold_ : float or None
-        The tuned threshold of ``"threshold"``, else ``None``.
+        The tuned threshold of ``"threshold"`` on the probability of
+        ``pos_label_``, else ``None``.
+    pos_label_ : label or None
+        The positive class of ``"threshold"``, else ``None``.
     coverage_ : float
         Mean label coverage over the samples seen by ``fit`` (NaN for zero-shot).
     other_tokens_ : dict of str to float
@@ -359,7 +373,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
     >>> clf.predict(["what a great film", "a dull mess"])
     array(['positive', 'negative'], dtype='<U8')
     >>> clf.predict_proba(["what a great film"]).round(3)
-    array([[0.008, 0.992]])
+    array([[0.01, 0.99]])
     """
 
     api_key = SecretParam()
@@ -370,7 +384,8 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         "prompt": [str, None],
         "examples": [list, tuple, None],
         "calibration": [StrOptions(set(CALIBRATIONS))],
-        "scoring": [StrOptions(set(_THRESHOLD_METRICS)), callable],
+        "scoring": [StrOptions(set(_cal.THRESHOLD_METRICS)), callable],
+        "pos_label": [numbers.Real, str, "boolean", None],
         "calibration_alpha": [Interval(numbers.Real, 0, None, closed="left")],
         "content_free": [list, tuple],
         "backend": [StrOptions({"auto", "llamacpp", "openai", "deterministic"}), Backend],
@@ -396,7 +411,8 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         examples=None,
         calibration="none",
         scoring="accuracy",
-        calibration_alpha=0.01,
+        pos_label=None,
+        calibration_alpha=0.3,
         content_free=("N/A", "", "[MASK]"),
         backend="auto",
         base_url=None,
@@ -417,6 +433,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         self.examples = examples
         self.calibration = calibration
         self.scoring = scoring
+        self.pos_label = pos_label
         self.calibration_alpha = calibration_alpha
         self.content_free = content_free
         self.backend = backend
@@ -617,16 +634,18 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
                 f"{len(self.classes_)} classes; use calibration='bias' or 'affine' for "
                 "several classes."
             )
-        if self.calibration in ("bias", "affine", "threshold") and zero_shot:
+        if self.calibration in _LABELLED_CALIBRATIONS and zero_shot:
             raise InputError(
                 f"calibration={self.calibration!r} learns from labelled samples; pass X "
                 "and y to fit, or use calibration='none' or 'contextual' for zero-shot."
             )
+        pos_label = self._check_pos_label()
 
         k = len(self.classes_)
         self.bias_ = np.zeros(k)
         self.temperature_ = 1.0
         self.threshold_ = None
+        self.pos_label_ = pos_label if self.calibration == "threshold" else None
         self.coverage_ = float("nan")
         self.other_tokens_ = {}
         if not zero_shot:
@@ -646,6 +665,23 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         elif self.calibration == "contextual":
             self._fit_calibration(None, None, None)
         return self
+
+    def _check_pos_label(self):
+        """``pos_label`` as a class (``classes_[1]`` when ``None``), checked."""
+        if self.pos_label is None:
+            return self.classes_[1] if len(self.classes_) == 2 else None
+        if self.pos_label not in set(self.classes_.tolist()):
+            raise ConfigurationError(
+                f"pos_label={self.pos_label!r} is not a class; the classes are "
+                f"{self.classes_.tolist()}. Set pos_label to one of them."
+            )
+        if len(self.classes_) != 2:
+            raise ConfigurationError(
+                f"pos_label is set but there are {len(self.classes_)} classes; a "
+                "positive class only makes sense for binary problems. Leave "
+                "pos_label=None."
+            )
+        return self.classes_[self.classes_.tolist().index(self.pos_label)]
 
     @staticmethod
     def _check_sample_weight(sample_weight, n: int) -> np.ndarray | None:
@@ -768,50 +804,100 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         return PromptRenderer(template, labels=listed, label_names=names, examples=examples)
 
     def _fit_calibration(self, log_mass, y_idx, sample_weight) -> None:
-        k = len(self.classes_)
+        """Learn ``bias_``, ``temperature_`` or ``threshold_`` (see ``calibration``)."""
         method = self.calibration
-        if method in ("bias", "affine"):
-            present = np.unique(y_idx)
-            if len(present) < k:
-                absent = [self.classes_[i] for i in range(k) if i not in present]
-                warnings.warn(
-                    f"classes {absent} have no labelled sample; their offset stays neutral (0).",
-                    UserWarning,
-                    stacklevel=3,
-                )
+        if method == "none":
+            return
+        prior = None
+        if method in ("contextual", "contextual-bias"):
+            prior = _cal.contextual_offsets(self._content_free_log_mass())
+            self.bias_ = prior
+            if method == "contextual":
+                return
+        self._warn_missing_classes(y_idx, sample_weight)
+        if method in ("bias", "affine", "contextual-bias"):
             self.bias_, self.temperature_ = _cal.fit_offsets(
                 log_mass,
                 y_idx,
-                n_classes=k,
                 alpha=float(self.calibration_alpha),
                 fit_temperature=method == "affine",
                 sample_weight=sample_weight,
+                prior=prior,
             )
         elif method == "threshold":
-            metric = self.scoring
-            if isinstance(metric, str):
-                metric = _THRESHOLD_METRICS[metric]
-            p_pos = _scoring.normalize(log_mass)[:, 1]
-            if len(np.unique(y_idx)) < 2:
-                warnings.warn(
-                    "calibration='threshold' saw samples of one class only; the "
-                    "threshold stays at 0.5.",
-                    UserWarning,
-                    stacklevel=3,
-                )
+            pos = int(np.flatnonzero(self.classes_ == self.pos_label_)[0])
+            p_pos = _cal.apply_offsets(log_mass, self.bias_)[:, pos]
+            is_pos = y_idx == pos
+            w = np.ones(len(y_idx)) if sample_weight is None else sample_weight
+            if not (w[is_pos].sum() > 0 and w[~is_pos].sum() > 0):
                 self.threshold_ = 0.5
+                return
+            self.threshold_ = _cal.fit_threshold(
+                p_pos, is_pos, self._threshold_metric(pos), sample_weight=sample_weight
+            )
+
+    def _warn_missing_classes(self, y_idx, sample_weight) -> None:
+        w = np.ones(len(y_idx)) if sample_weight is None else sample_weight
+        seen = np.bincount(y_idx, weights=w, minlength=len(self.classes_)) > 0
+        if seen.all():
+            return
+        absent = self.classes_[~seen].tolist()
+        if self.calibration == "threshold":
+            effect = "the threshold stays at 0.5"
+        elif self.calibration == "contextual-bias":
+            effect = "their offsets keep the contextual estimate (no correction)"
+        else:
+            effect = "their offsets stay neutral (0, the mean of all offsets)"
+        warnings.warn(
+            f"calibration={self.calibration!r}: the classes {absent} have no labelled "
+            f"sample (of positive weight), so {effect}. Add samples of every class to "
+            "calibrate them.",
+            UserWarning,
+            stacklevel=4,
+        )
+
+    def _threshold_metric(self, pos: int):
+        """``scoring`` for :func:`~skllmprob.calibration.fit_threshold`: a name, or
+        the user's callable on class labels wrapped to take booleans."""
+        metric = self.scoring
+        if isinstance(metric, str):
+            return metric
+        yes, no = self.classes_[pos], self.classes_[1 - pos]
+
+        def on_labels(y_true, y_pred, **kwargs):
+            return metric(np.where(y_true, yes, no), np.where(y_pred, yes, no), **kwargs)
+
+        return on_labels
+
+    def _content_free_log_mass(self) -> np.ndarray:
+        """Score the content-free inputs (through the cache)."""
+        items = list(self.content_free)
+        if not items:
+            raise ConfigurationError(
+                "content_free is empty; give at least one content-free input, e.g. "
+                "content_free=('N/A', '', '[MASK]')."
+            )
+        renderer = self.prompt_renderer_
+        fields = renderer.row_fields
+        prompts = []
+        for item in items:
+            if isinstance(item, Mapping):
+                missing = [f for f in fields if f not in item]
+                if missing:
+                    raise ConfigurationError(
+                        f"content_free entry {item!r} lacks the prompt fields {missing}; "
+                        "give a value for each field, or a str that fills them all."
+                    )
+                prompts.append(renderer.render_one({f: item[f] for f in fields}))
+            elif isinstance(item, str):
+                prompts.append(renderer.render_one(dict.fromkeys(fields, item)))
             else:
-                self.threshold_ = _cal.fit_threshold(p_pos, y_idx == 1, metric)
-        elif method == "contextual":
-            cf = [str(s) for s in self.content_free]
-            if not cf:
                 raise ConfigurationError(
-                    "content_free is empty; give at least one content-free input."
+                    f"content_free entries must be str or dict, got {type(item).__name__} "
+                    f"({item!r})."
                 )
-            renderer = self.prompt_renderer_
-            prompts = [renderer.render_one(dict.fromkeys(renderer.row_fields, s)) for s in cf]
-            cf_mass, _, _ = self._score_prompts(prompts, self._make_backend())
-            self.bias_ = _cal.contextual_offsets(cf_mass)
+        log_mass, _, _ = self._score_prompts(prompts, self._make_backend())
+        return log_mass
 
     # ------------------------------------------------------------------- scoring
 
@@ -982,7 +1068,8 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         proba = self.predict_proba(X)
         if self.threshold_ is not None:
-            return self.classes_[(proba[:, 1] >= self.threshold_).astype(int)]
+            pos = int(np.flatnonzero(self.classes_ == self.pos_label_)[0])
+            return self.classes_.take(np.where(proba[:, pos] >= self.threshold_, pos, 1 - pos))
         return self.classes_[proba.argmax(axis=1)]
 
     def predict_coverage(self, X):

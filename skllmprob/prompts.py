@@ -29,10 +29,10 @@ Examples
 --------
 >>> r = PromptRenderer(DEFAULT_PROMPT, labels=["positive", "negative"])
 >>> print(r.render_one({"text": "a gem of a film"}))
-Classify the text into one of these categories: positive, negative.
+Categories: positive, negative.
 <BLANKLINE>
 Text: a gem of a film
-Answer:
+Category:
 >>> r.prefix.endswith("Text: ")
 True
 """
@@ -53,9 +53,14 @@ __all__ = [
     "template_row_fields",
 ]
 
-DEFAULT_PROMPT = (
-    "Classify the text into one of these categories: {labels}.\n\n{examples}Text: {text}\nAnswer:"
-)
+#: The default template. Chosen among generic candidates on held-out *training*
+#: rows of a movie-review (2 classes) and a news-topic (4 classes) task, zero-shot
+#: and with 4 examples, scored by the embedded Gemma 3 270M after fitting offsets
+#: on 64 samples: the best mean accuracy over the four, and not worse than the
+#: previous default ("Classify the text into one of these categories:
+#: {labels}.\n\n{examples}Text: {text}\nAnswer:") on any of them (see
+#: benchmarks/RESULTS-calibration.md).
+DEFAULT_PROMPT = "Categories: {labels}.\n\n{examples}Text: {text}\nCategory:"
 
 RESERVED_FIELDS = frozenset({"labels", "examples"})
 

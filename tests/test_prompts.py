@@ -14,7 +14,7 @@ def test_default_prompt_renders_labels_and_text():
     r = PromptRenderer(DEFAULT_PROMPT, labels=["positive", "negative"])
     out = r.render_texts(["nice"])[0]
     assert "positive, negative" in out
-    assert out.endswith("Text: nice\nAnswer:")
+    assert out.endswith("Text: nice\nCategory:")
 
 
 def test_examples_form_a_shared_prefix_before_the_text():
@@ -25,8 +25,8 @@ def test_examples_form_a_shared_prefix_before_the_text():
     )
     a, b = r.render_texts(["first", "second"])
     assert a.startswith(r.prefix) and b.startswith(r.prefix)
-    assert "Text: great\nAnswer: positive\n\nText: awful\nAnswer: negative\n\n" in r.prefix
-    assert a[len(r.prefix) :] == "first\nAnswer:"
+    assert "Text: great\nCategory: positive\n\nText: awful\nCategory: negative\n\n" in r.prefix
+    assert a[len(r.prefix) :] == "first\nCategory:"
 
 
 def test_examples_field_placement_is_respected():
@@ -82,7 +82,7 @@ def test_template_row_fields_order():
 def test_any_text_is_rendered_verbatim(text):
     r = PromptRenderer(DEFAULT_PROMPT, labels=["a", "b"])
     (out,) = r.render_texts([text])
-    assert out == r.prefix + text + "\nAnswer:"
+    assert out == r.prefix + text + "\nCategory:"
     assert r.render_one({"text": text}) == out
 
 
