@@ -29,11 +29,11 @@ Examples
 --------
 >>> r = PromptRenderer(DEFAULT_PROMPT, labels=["positive", "negative"])
 >>> print(r.render_one({"text": "a gem of a film"}))
-Categories: positive, negative.
+Categories: positive, negative. The text is between <text> and </text>.
 <BLANKLINE>
-Text: a gem of a film
+<text>a gem of a film</text>
 Category:
->>> r.prefix.endswith("Text: ")
+>>> r.prefix.endswith("<text>")
 True
 """
 
@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from .exceptions import ConfigurationError
 
@@ -53,14 +53,18 @@ __all__ = [
     "template_row_fields",
 ]
 
-#: The default template. Chosen among generic candidates on held-out *training*
-#: rows of a movie-review (2 classes) and a news-topic (4 classes) task, zero-shot
-#: and with 4 examples, scored by the embedded Gemma 3 270M after fitting offsets
-#: on 64 samples: the best mean accuracy over the four, and not worse than the
-#: previous default ("Classify the text into one of these categories:
-#: {labels}.\n\n{examples}Text: {text}\nAnswer:") on any of them (see
+#: The default template. The text sits between ``<text>`` and ``</text>`` (a closing
+#: tag inside a text is escaped, see above), and the prompt says so. Chosen on
+#: held-out *training* rows of a movie-review (2 classes) and a news-topic (4
+#: classes) task, zero-shot and with 4 examples, scored by the embedded Gemma 3 270M
+#: after fitting offsets on 64 samples: first among generic wordings without
+#: delimiters ("Categories: {labels}." ... "Category:"), then among delimited variants
+#: of the best one; the delimiters cost about one point of mean accuracy there (see
 #: benchmarks/RESULTS-calibration.md).
-DEFAULT_PROMPT = "Categories: {labels}.\n\n{examples}Text: {text}\nCategory:"
+DEFAULT_PROMPT = (
+    "Categories: {labels}. The text is between <text> and </text>.\n\n"
+    "{examples}<text>{text}</text>\nCategory:"
+)
 
 RESERVED_FIELDS = frozenset({"labels", "examples"})
 
@@ -141,7 +145,24 @@ def format_label_list(answers: Sequence[str], names: Sequence[str] | None = None
 _CLOSING_TAG = re.compile(r"\s*</\s*([A-Za-z][\w.:-]*)\s*>")
 
 
-def _tag_guard(following: str) -> Callable[[str], str] | None:
+class _TagEscaper:
+    """Writes every closing tag ``</name>`` of a value as ``&lt;/name&gt;``.
+
+    A class rather than a closure, so that a fitted renderer pickles.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._pattern = re.compile(r"<\s*/\s*" + re.escape(name) + r"\s*>", re.IGNORECASE)
+        self._replacement = f"&lt;/{name}&gt;"
+
+    def __call__(self, value: str) -> str:
+        if "<" not in value:
+            return value
+        return self._pattern.sub(self._replacement, value)
+
+
+def _tag_guard(following: str) -> _TagEscaper | None:
     """The escaper for a row field directly followed by a closing tag, else ``None``.
 
     >>> guard = _tag_guard("</text>\\nAnswer:")
@@ -153,16 +174,7 @@ def _tag_guard(following: str) -> Callable[[str], str] | None:
     m = _CLOSING_TAG.match(following)
     if m is None:
         return None
-    name = m.group(1)
-    pattern = re.compile(r"<\s*/\s*" + re.escape(name) + r"\s*>", re.IGNORECASE)
-    replacement = f"&lt;/{name}&gt;"
-
-    def guard(value: str) -> str:
-        if "<" not in value:
-            return value
-        return pattern.sub(replacement, value)
-
-    return guard
+    return _TagEscaper(m.group(1))
 
 
 def _format_value(value: object, conversion: str | None, spec: str) -> str:

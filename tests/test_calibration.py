@@ -594,7 +594,7 @@ def test_grid_search_over_calibrations_on_the_embedded_model(tmp_path):
     warm = LogprobClassifier(calibration="contextual", **kw).fit(texts, y)
     assert np.isfinite(warm.bias_).all() and np.ptp(warm.bias_) > 0
     store = open_cache(cache)
-    writes = store.info()["writes"]
+    writes = store.info().writes
     grid = GridSearchCV(
         LogprobClassifier(**kw),
         {"calibration": list(CALIBRATIONS)},
@@ -602,7 +602,7 @@ def test_grid_search_over_calibrations_on_the_embedded_model(tmp_path):
         scoring="neg_log_loss",
     ).fit(texts, y)
     # Every fit and score of every calibration came from the cache.
-    assert store.info()["writes"] == writes
+    assert store.info().writes == writes
     assert grid.best_estimator_.usage_.total.requests == 0
     # Fitted offsets never raise the log-loss of the samples they were fitted on
     # (the raw probabilities are one of the candidates of the penalized fit).

@@ -111,7 +111,7 @@ def test_few_shot_examples_are_a_prefix(reviews):
     p = clf.render_prompts(texts[:2])
     common = clf.prompt_renderer_.prefix
     assert all(s.startswith(common) for s in p)
-    assert "Text: a great ride\nCategory: positive" in common
+    assert "<text>a great ride</text>\nCategory: positive" in common
 
 
 def test_dataframe_columns_fill_prompt_fields():
@@ -131,7 +131,7 @@ def test_dataframe_columns_fill_prompt_fields():
 def test_numeric_table_is_serialized_into_text_field():
     X = np.array([[1.5, 2.0], [3.0, 4.25]])
     clf = make().fit(X, [0, 1])
-    assert clf.render_prompts(X)[0].endswith("Text: x0: 1.5\nx1: 2.0\nCategory:")
+    assert clf.render_prompts(X)[0].endswith("<text>x0: 1.5\nx1: 2.0</text>\nCategory:")
 
 
 def test_series_and_arrays_of_text(reviews):

@@ -170,7 +170,13 @@ class DeterministicBackend(Backend):
         for f in _FILLERS:
             toks.append(f)
             logits.append(0.5 * _noise(self.seed, prompt, f))
-        z = np.asarray(logits)
+        # A real vocabulary has each token string once: merge repeats (a prompt word
+        # that is also a filler) into one token holding their summed probability.
+        merged: dict[str, float] = {}
+        for t, score in zip(toks, logits, strict=True):
+            merged[t] = float(np.logaddexp(merged[t], score)) if t in merged else score
+        toks = list(merged)
+        z = np.asarray(list(merged.values()))
         z = z - np.logaddexp.reduce(z)
         return toks, z
 
