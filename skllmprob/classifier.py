@@ -232,12 +232,14 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         A :meth:`str.format` template with a ``{text}`` field (or fields named after
         the columns of a 2-D ``X``), an optional ``{labels}`` field for the list of
         answers and an optional ``{examples}`` field. ``None`` uses
-        :data:`skllmprob.prompts.DEFAULT_PROMPT`. The text must come last, after
+        :data:`skllmprob.prompts.DEFAULT_PROMPT` (the text between ``<text>`` tags;
+        a closing tag inside a text is escaped). The text must come last, after
         instructions and examples, so that all prompts share one prefix.
     examples : list of (text, label) pairs, default=None
         Few-shot examples, rendered with the row part of the template and their
         answer, before the text. ``text`` is a str or a mapping of column values.
-    calibration : {"none", "bias", "affine", "threshold", "contextual"}, default="none"
+    calibration : {"none", "bias", "affine", "threshold", "contextual", "contextual-bias"}, \
+            default="none"
         How ``fit`` corrects the model's label bias:
 
         - ``"none"``: renormalized label probabilities.
