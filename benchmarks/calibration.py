@@ -47,12 +47,13 @@ import numpy as np
 import pandas as pd
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, log_loss
 from sklearn.pipeline import make_pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from skllmprob import LogprobClassifier
+from skllmprob.metrics import expected_calibration_error, reliability_bins, top_label
+from skllmprob.report import Evaluated, score_predictions
 
 LABEL_FREE = ("none", "contextual")
 LABELLED = ("bias", "affine", "threshold", "contextual-bias")
@@ -75,53 +76,25 @@ TARGETS = {
 # --------------------------------------------------------------------------- metrics
 
 
-def expected_calibration_error(y: np.ndarray, proba: np.ndarray, n_bins: int = 15) -> float:
-    """Top-label ECE: the mean |accuracy - confidence| over equal-width confidence
-    bins, weighted by the share of samples in each bin."""
-    conf = proba.max(axis=1)
-    correct = proba.argmax(axis=1) == y
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
-    ece = 0.0
-    for b in range(n_bins):
-        inside = which == b
-        if inside.any():
-            ece += inside.mean() * abs(correct[inside].mean() - conf[inside].mean())
-    return float(ece)
+N_BINS = 15  # bins of the expected calibration error and of the diagrams
 
 
 def metrics(y: np.ndarray, proba: np.ndarray, pred: np.ndarray, k: int) -> dict:
-    labels = np.arange(k)
-    return {
-        "accuracy": float(accuracy_score(y, pred)),
-        "macro_f1": float(f1_score(y, pred, average="macro", labels=labels, zero_division=0)),
-        "log_loss": float(log_loss(y, proba, labels=labels)),
-        "brier": float(
-            brier_score_loss(y, proba[:, 1], pos_label=1)
-            if k == 2
-            else brier_score_loss(y, proba, labels=labels)
-        ),
-        "ece": expected_calibration_error(y, proba),
-    }
+    """The library's evaluation metrics (as ``skllmprob evaluate`` reports them),
+    with 15 ECE bins; ``y`` and ``pred`` are class indices."""
+    scores = score_predictions(Evaluated("", proba, pred), y, np.arange(k), n_bins=N_BINS)
+    return {name: scores[name] for name in ("accuracy", "macro_f1", "log_loss", "brier", "ece")}
 
 
-def reliability_diagram(y, proba, title: str, path: Path, n_bins: int = 15) -> None:
+def reliability_diagram(y, proba, title: str, path: Path, n_bins: int = N_BINS) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    conf = proba.max(axis=1)
-    correct = proba.argmax(axis=1) == y
+    conf, correct = top_label(proba, y)
+    mean_conf, acc, count = reliability_bins(conf, correct, n_bins)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
-    acc = np.array(
-        [correct[which == b].mean() if (which == b).any() else np.nan for b in range(n_bins)]
-    )
-    mean_conf = np.array(
-        [conf[which == b].mean() if (which == b).any() else np.nan for b in range(n_bins)]
-    )
-    count = np.bincount(which, minlength=n_bins)
     fig, (ax, hx) = plt.subplots(
         2, 1, figsize=(4.2, 5.2), gridspec_kw={"height_ratios": [3, 1]}, sharex=True
     )
@@ -152,7 +125,7 @@ def reliability_diagram(y, proba, title: str, path: Path, n_bins: int = 15) -> N
     ax.plot([0, 1], [0, 1], "k--", lw=1)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy in bin")
-    ece = expected_calibration_error(y, proba, n_bins)
+    ece = expected_calibration_error(conf, correct, n_bins)
     ax.set_title(f"{title}\nacc {correct.mean():.3f}  ECE {ece:.3f}", fontsize=9)
     ax.legend(loc="upper left", fontsize=8)
     hx.bar(edges[:-1], count, width=width, align="edge", color="#55a868", edgecolor="white")
