@@ -90,34 +90,27 @@ class _Parser(argparse.ArgumentParser):
 # ---------------------------------------------------------------------------- parser
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
+def _number_type(convert, kind: str, valid, requirement: str):
+    """An argparse ``type=``: ``convert(text)``, then ``valid(value)``, each failure
+    one message ("'x' is not a whole number", "0 must be at least 1")."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+        if not valid(value):
+            raise argparse.ArgumentTypeError(f"{text} {requirement}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
-    return value
+_positive_int = _number_type(int, "a whole number", lambda v: v >= 1, "must be at least 1")
+_non_negative_int = _number_type(int, "a whole number", lambda v: v >= 0, "must be 0 or more")
+_positive_float = _number_type(
+    float, "a number", lambda v: v > 0 and math.isfinite(v), "must be a positive number"
+)
 
 
 def _key_value(text: str) -> tuple[str, Any]:
