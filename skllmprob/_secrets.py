@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hmac
+import re
 
-__all__ = ["SecretKey", "SecretParam"]
+__all__ = ["SecretKey", "SecretParam", "mask_url"]
 
 
 class SecretKey:
@@ -110,3 +111,30 @@ class SecretParam:
 def reveal(value: object) -> object:
     """Return the plain value of a possibly wrapped secret."""
     return value.reveal() if isinstance(value, SecretKey) else value
+
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/?#@\s]*)(?::[^/?#@\s]*)?@")
+
+
+def mask_url(text: str) -> str:
+    """Mask the password of every URL in ``text`` (``scheme://user:***@host``).
+
+    The user name is kept (it says which account was used); a password never is.
+    The rest of the text is left as it was, case included.
+
+    >>> mask_url("http://bob:s3cret@127.0.0.1:8000/v1")
+    'http://bob:***@127.0.0.1:8000/v1'
+    >>> mask_url("postgresql://app:pw@db.example/skllm and https://example.org/v1")
+    'postgresql://app:***@db.example/skllm and https://example.org/v1'
+    >>> mask_url("http://token@host/v1")
+    'http://***@host/v1'
+    """
+
+    def repl(m: re.Match) -> str:
+        had_password = m.group(0)[len(m.group("scheme")) + len(m.group("user")) :] != "@"
+        if had_password:
+            return f"{m.group('scheme')}{m.group('user')}:***@"
+        # A lone userinfo part is often a token: mask it whole.
+        return f"{m.group('scheme')}***@"
+
+    return _USERINFO.sub(repl, text)
