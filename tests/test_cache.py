@@ -287,7 +287,8 @@ def test_old_layout_is_upgraded(tmp_path):
     conn.execute("INSERT INTO completions VALUES ('abc', '[]')")
     conn.commit()
     conn.close()
-    cache = CompletionCache(path)
+    with pytest.warns(RuntimeWarning, match="dropping the entries of an old cache layout"):
+        cache = CompletionCache(path)
     assert cache.info().entries == 0
     key = KeyBuilder({}, {})("p")
     cache.put(key, completion())
@@ -349,12 +350,12 @@ def test_error_midway_keeps_what_was_answered(tmp_path):
 
 
 def test_write_failure_warns_and_keeps_results(tmp_path, monkeypatch):
-    import skllmprob.cache as cache_mod
+    import skllmprob.cache.store as store_mod
 
     def broken(c):
         raise OSError("disk full")
 
-    monkeypatch.setattr(cache_mod, "_encode", broken)
+    monkeypatch.setattr(store_mod, "encode", broken)
     texts, _ = make_texts(5)
     path = str(tmp_path / "c.sqlite")
     clf = det_clf(cache=path).fit(None, None)
@@ -529,7 +530,7 @@ def _keys(backend, query, prompts):
 
 @pytest.mark.skipif(sys.platform == "win32", reason="pid liveness is POSIX here")
 def test_claims_of_a_dead_process_are_taken_over_at_once(tmp_path):
-    import skllmprob.cache as cache_mod
+    from skllmprob.cache.claims import HOST
 
     path = tmp_path / "c.sqlite"
     cache = CompletionCache(path)
@@ -539,7 +540,7 @@ def test_claims_of_a_dead_process_are_taken_over_at_once(tmp_path):
         path,
         _keys(backend, Query(5), prompts),
         pid=_dead_pid(),
-        host=cache_mod._HOST,
+        host=HOST,
         heartbeat=time.time(),
     )
     start = time.monotonic()
@@ -552,14 +553,14 @@ def test_claims_of_a_dead_process_are_taken_over_at_once(tmp_path):
         path,
         _keys(backend, Query(5), others[:2]),
         pid=_dead_pid(),
-        host=cache_mod._HOST,
+        host=HOST,
         heartbeat=time.time(),
     )
     _plant_claims(
         path,
         _keys(backend, Query(5), others[2:]),
         pid=os.getpid(),
-        host=cache_mod._HOST,
+        host=HOST,
         heartbeat=time.time(),
     )
     cache.clear()
