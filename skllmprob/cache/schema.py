@@ -18,12 +18,15 @@ __all__ = [
     "chunks",
     "is_busy",
     "marks",
+    "read_version",
     "retry",
     "write_transaction",
 ]
 
-#: Version of the file layout: a file with a higher version is refused.
-CACHE_SCHEMA_VERSION = 2
+#: Version of the file layout: a file with a higher version is refused. Schema 3
+#: stores values with a checksum (value format 2); the entries of schema 2 files
+#: (format 1) stay readable and are checked for plausibility only.
+CACHE_SCHEMA_VERSION = 3
 #: Seconds SQLite waits for a lock held by another connection.
 BUSY_TIMEOUT = 60.0
 #: Keys per ``SELECT ... IN (...)`` at most.
@@ -97,7 +100,8 @@ def read_version(conn: sqlite3.Connection, path: Path) -> tuple[int | None, set[
     if tables and "meta" not in tables:
         raise CacheError(
             f"{path} is an SQLite file but not a skllmprob completion cache "
-            f"(it has the tables {sorted(tables)}). Point cache= at another path."
+            f"(it has the tables {sorted(tables)}). Point the cache at another file "
+            "(cache= in Python, --cache on the command line)."
         )
     if "meta" not in tables:
         return None, tables
@@ -107,7 +111,8 @@ def read_version(conn: sqlite3.Connection, path: Path) -> tuple[int | None, set[
     except (TypeError, ValueError) as e:
         raise CacheError(
             f"the completion cache {path} has no readable schema version; "
-            "delete it or point cache= at another path."
+            "move the file aside (rename it) if it may hold results, or point the cache "
+            "at another file (cache= in Python, --cache on the command line)."
         ) from e
     if version > CACHE_SCHEMA_VERSION:
         raise CacheError(
@@ -119,9 +124,12 @@ def read_version(conn: sqlite3.Connection, path: Path) -> tuple[int | None, set[
 
 
 def check_or_create_schema(conn: sqlite3.Connection, path: Path) -> int:
-    """Create or upgrade the tables (inside a write transaction)."""
+    """Create or upgrade the tables (inside a write transaction).
+
+    Schema 2 files are upgraded in place: their entries stay as they are (read with
+    the plausibility check only); new entries carry a checksum."""
     version, tables = read_version(conn, path)
-    if version is not None and version < CACHE_SCHEMA_VERSION and "completions" in tables:
+    if version is not None and version < 2 and "completions" in tables:
         # Schema 1 (development builds) keyed entries differently: they cannot be
         # found any more, so they are dropped.
         warnings.warn(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["COUNTERS", "CacheInfo"]
+__all__ = ["COUNTERS", "PERSISTED", "CacheInfo"]
 
 
 @dataclass(frozen=True)
@@ -58,3 +58,5 @@ class CacheInfo:
 
 
 COUNTERS = ("hits", "misses", "saved_tokens", "waited", "corrupt", "writes")
+#: The counters also summed in the file over every process (``total_*``).
+PERSISTED = ("hits", "misses", "saved_tokens")

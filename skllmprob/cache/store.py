@@ -4,48 +4,73 @@ The store is one SQLite file in WAL mode, created readable by its owner only (it
 folder too, when the cache creates it). It is safe for several threads and
 processes at once: every result is committed as soon as it arrives (results that
 arrive together are committed together by a writer thread, see
-:mod:`skllmprob.cache.claims`), so a crash loses only requests in flight. An entry
-that cannot be decoded is a miss (counted in ``corrupt``), not a crash; a file of a
-newer schema is refused with :class:`~skllmprob.exceptions.CacheError`.
+:mod:`skllmprob.cache.claims`), so a crash loses only requests in flight.
+
+Reading never writes: a call whose every prompt is a hit leaves the file as it was.
+The statistics of such calls wait in the process (:meth:`CompletionCache.info`
+shows them) and reach the file with its next write transaction or at exit.
+
+A damaged entry (bad checksum, implausible numbers, undecodable text) is a miss,
+counted in ``corrupt``, and requested again; a file of a newer schema is refused
+with :class:`~skllmprob.exceptions.CacheError`; a read-only file serves its entries
+and keeps new results in memory.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
-import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
 import warnings
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from ..backends.base import Completion
 from ..exceptions import CacheError
-from .claims import CLAIM_TIMEOUT, HOST, ClaimSession, pid_alive
-from .codec import DECODE_ERRORS, decode, encode
+from .claims import CLAIM_TIMEOUT, HOST, ClaimSession, NullSession, pid_alive
+from .codec import Decoder, encode
 from .memory import MemoryLayer, default_memory_bytes
 from .schema import (
     BUSY_TIMEOUT,
+    CACHE_SCHEMA_VERSION,
     CHUNK,
     check_or_create_schema,
     chunks,
     is_busy,
     marks,
-    retry,
+    read_version,
     write_transaction,
 )
-from .stats import COUNTERS, CacheInfo
+from .stats import COUNTERS, PERSISTED, CacheInfo
 
 __all__ = ["CompletionCache"]
-
-logger = logging.getLogger("skllmprob.cache")
 
 _INSTANCES: weakref.WeakSet = weakref.WeakSet()
 #: Connections inherited through fork: kept referenced, never closed in the child.
 _INHERITED: list = []
+
+#: Reads of at least this many keys scan the table when the file holds no more
+#: than this many bytes per key (a few entries' worth of pages).
+_SCAN_MIN, _SCAN_BYTES_PER_KEY = 1000, 1500
+_WHERE = "cache= in Python, --cache on the command line"
+_MOVE_ASIDE = (
+    "To keep the results it holds, move the file aside (rename it) rather than "
+    f"deleting it, or point the cache at another file ({_WHERE})."
+)
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _is_read_only_error(e: sqlite3.Error) -> bool:
+    msg = str(e).lower()
+    return "readonly" in msg or "read-only" in msg or "unable to open" in msg
 
 
 class CompletionCache:
@@ -63,6 +88,12 @@ class CompletionCache:
         prompt is taken over (claims of dead processes on this host are taken over
         at once).
 
+    Attributes
+    ----------
+    read_only : bool
+        The file cannot be written: it serves its entries, new results are kept in
+        this process's memory.
+
     Notes
     -----
     Use :func:`open_cache` to share one instance per file in a process.
@@ -77,11 +108,16 @@ class CompletionCache:
     ) -> None:
         self.path = Path(path).expanduser()
         self.claim_timeout = float(claim_timeout)
+        self.read_only = False
         self._memory_mb = memory_mb
-        self._chunk = 999 - 1
+        self._chunk = CHUNK
         max_bytes = default_memory_bytes() if memory_mb is None else int(memory_mb * 2**20)
         self._memory = MemoryLayer(max_bytes)
+        self._decoder = Decoder()
         self._generation: str | None = None
+        self._immutable = False
+        self._unusable = False
+        self._unsaved: dict[bytes, Completion] = {}  # results a read-only file cannot take
         self._reset_process_state()
         self._open()
         _INSTANCES.add(self)
@@ -91,9 +127,12 @@ class CompletionCache:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._stats = dict.fromkeys(COUNTERS, 0)
+        self._pending = dict.fromkeys(PERSISTED, 0)  # totals not in the file yet
+        self._damaged: set[bytes] = set()
 
     def _after_fork(self) -> None:
-        # SQLite connections must not be used or closed in a forked child.
+        # SQLite connections must not be used or closed in a forked child; the
+        # parent's pending statistics are the parent's to write.
         _INHERITED.append(self._local)
         self._reset_process_state()
         self._memory.after_fork()
@@ -101,12 +140,18 @@ class CompletionCache:
     # -- connections ---------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
+        if self.read_only:
+            uri = self.path.resolve().as_uri() + "?mode=ro" + "&immutable=1" * self._immutable
+            conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None)
+        else:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
+            conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-        conn.execute("PRAGMA synchronous = NORMAL")
         getlimit = getattr(conn, "getlimit", None)  # Python 3.11+
         if getlimit is not None:  # SQLite builds before 3.32 allow 999 parameters
             self._chunk = max(1, min(CHUNK, getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 1))
+        else:  # pragma: no cover - Python 3.10
+            self._chunk = 998
         return conn
 
     def _conn(self) -> sqlite3.Connection:
@@ -118,44 +163,100 @@ class CompletionCache:
             conn = self._local.conn = self._connect()
         return conn
 
-    def _write(self, conn: sqlite3.Connection | None = None):
-        """A write transaction on ``conn`` or this thread's connection."""
-        return write_transaction(self._conn() if conn is None else conn)
+    @contextlib.contextmanager
+    def _write(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+        """A write transaction; this process's pending statistics go with it."""
+        conn = self._conn() if conn is None else conn
+        pending = self._take_pending()
+        try:
+            with write_transaction(conn):
+                yield conn
+                self._add_totals(conn, pending)
+        except BaseException:
+            self._count_pending(pending)
+            raise
+
+    # -- opening -------------------------------------------------------------------
 
     def _open(self) -> None:
         try:
-            folder = self.path.parent
-            if not folder.exists():
-                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            if not self.path.exists():
-                try:
-                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-                    os.close(fd)
-                except FileExistsError:
-                    pass
-            conn = self._conn()
-            mode = retry(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
-            if str(mode).lower() != "wal":  # pragma: no cover - exotic file systems
-                warnings.warn(
-                    f"the completion cache {self.path} cannot use WAL mode ({mode}); "
-                    "several processes using it at once may wait for each other.",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-            with self._write(conn):
-                check_or_create_schema(conn, self.path)
+            self._prepare_file()
+            self._open_schema()
         except CacheError:
             raise
         except sqlite3.DatabaseError as e:
             raise CacheError(
-                f"cannot open the completion cache {self.path}: {e}. Delete the file or "
-                "point cache= at another path."
+                f"cannot open the completion cache {self.path}: {e}. It is not a "
+                f"readable SQLite file. {_MOVE_ASIDE}"
             ) from e
         except OSError as e:
             raise CacheError(
-                f"cannot create the completion cache {self.path}: {e}. Set cache= to a "
-                "writable path or cache=False."
+                f"cannot create the completion cache {self.path}: {e}. Point the cache at "
+                f"a writable path ({_WHERE}) or turn it off (cache=False, --no-cache)."
             ) from e
+        if self.read_only:
+            _warn(
+                f"the completion cache {self.path} is read-only: its entries are used, but "
+                "new results are kept in this process's memory only. Make the file and its "
+                f"folder writable to store them, or point the cache at another file ({_WHERE})."
+            )
+
+    def _prepare_file(self) -> None:
+        """Create the folder and file if missing; a file that exists but cannot be
+        written is opened read-only."""
+        if self.path.exists():
+            folder = self.path.parent
+            writable = os.access(self.path, os.W_OK) and os.access(folder, os.W_OK | os.X_OK)
+            self.read_only = not writable and os.access(self.path, os.R_OK)
+            return
+        folder = self.path.parent
+        if not folder.exists():
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+
+    def _open_schema(self) -> None:
+        """Check the schema; create or upgrade it only when needed (no write for a
+        file that is up to date)."""
+        if self.read_only:
+            self._open_read_only()
+            return
+        conn = self._conn()
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        version, _ = read_version(conn, self.path)
+        if version == CACHE_SCHEMA_VERSION and str(mode).lower() == "wal":
+            return
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            with write_transaction(conn):
+                check_or_create_schema(conn, self.path)
+        except sqlite3.OperationalError as e:
+            if version is None or not _is_read_only_error(e):
+                raise
+            self._local = threading.local()  # reopen read-only
+            self.read_only = True
+            self._open_read_only()
+            return
+        if str(mode).lower() != "wal":  # pragma: no cover - exotic file systems
+            _warn(
+                f"the completion cache {self.path} cannot use WAL mode ({mode}); several "
+                "processes using it at once may wait for each other."
+            )
+
+    def _open_read_only(self) -> None:
+        try:
+            version, _ = read_version(self._conn(), self.path)
+        except sqlite3.OperationalError:
+            # A WAL file whose folder is read-only: no shared-memory file can be made.
+            self._immutable = True
+            self._local = threading.local()
+            version, _ = read_version(self._conn(), self.path)
+        if version is None or version < CACHE_SCHEMA_VERSION - 1:
+            raise CacheError(
+                f"the completion cache {self.path} is read-only and "
+                f"{'empty' if version is None else 'of an old layout'}: it cannot be "
+                f"used. Point the cache at a writable file ({_WHERE})."
+            )
 
     # -- reading ---------------------------------------------------------------------
 
@@ -167,41 +268,81 @@ class CompletionCache:
                 self._memory.clear()
             self._generation = generation
 
+    def _scan(self, conn: sqlite3.Connection, keys: Sequence[bytes]) -> list | None:
+        """The rows of ``keys`` from one scan of the table, when they are a large part
+        of a small file (a scan reads rows three times faster than key look-ups);
+        ``None`` when look-ups are better or the scan fails."""
+        if len(keys) < _SCAN_MIN:
+            return None
+        try:
+            pages, page_size = (
+                conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "page_size")
+            )
+            if pages * page_size > _SCAN_BYTES_PER_KEY * len(keys):
+                return None
+            rows = conn.execute("SELECT key, data, CAST(tokens AS BLOB) FROM completions")
+            want = set(keys)
+            return [r for r in rows.fetchall() if r[0] in want]
+        except sqlite3.OperationalError as e:
+            if is_busy(e):
+                raise
+        except sqlite3.DatabaseError:
+            pass
+        return None  # a damaged page: the look-ups skip only what it holds
+
+    def _rows(self, conn: sqlite3.Connection, chunk: Sequence[bytes]) -> list:
+        """The rows of ``chunk`` in one query, or key by key when the query fails
+        (a damaged page then costs only the keys on it)."""
+        sql = "SELECT key, data, CAST(tokens AS BLOB) FROM completions WHERE key "
+        try:
+            return conn.execute(sql + f"IN ({marks(len(chunk))})", chunk).fetchall()
+        except sqlite3.OperationalError as e:
+            if is_busy(e):
+                raise
+        except sqlite3.DatabaseError:
+            pass
+        rows, error = [], None
+        for key in chunk:
+            try:
+                rows.extend(conn.execute(sql + "= ?", (key,)).fetchall())
+            except sqlite3.DatabaseError as e:
+                error = e
+                rows.append((key, b"", b""))  # unreadable: a damaged entry
+        if error is not None and len(rows) == len(chunk) and not any(r[1] for r in rows):
+            raise error  # nothing of the chunk could be read: the file is unusable
+        return rows
+
     def _select(
         self, conn: sqlite3.Connection, keys: Sequence[bytes], *, report: bool = True
     ) -> dict[bytes, Completion]:
-        """Read and decode the rows of ``keys`` that exist and can be decoded.
+        """Read and check the rows of ``keys`` that exist; damaged ones are left out.
 
-        ``report``: count and log unreadable rows (a session's later lookups of the
-        same keys do not count them again)."""
+        ``report``: count and warn about damaged rows (a session's later lookups of
+        the same keys do not count them again)."""
         out: dict[bytes, Completion] = {}
-        corrupt = 0
-        for chunk in chunks(sorted(keys), self._chunk):
-            rows = conn.execute(
-                f"SELECT key, data, tokens FROM completions WHERE key IN ({marks(len(chunk))})",
-                chunk,
-            ).fetchall()
-            for key, data, text in rows:
-                try:
-                    c = decode(data, text)
-                except DECODE_ERRORS:
-                    corrupt += 1
-                    continue
-                out[key] = c
+        bad: list[bytes] = []
+        rows = self._scan(conn, keys)
+        for chunk in [rows] if rows is not None else chunks(keys, self._chunk):
+            found, damaged = self._decoder.many(
+                chunk if rows is not None else self._rows(conn, chunk)
+            )
+            out.update(found)
+            bad.extend(damaged)
         self._memory.put_many(out.items())
-        if corrupt and report:
-            self._count(corrupt=corrupt)
-            logger.warning(
-                "%d unreadable entries in the completion cache %s were treated as misses",
-                corrupt,
-                self.path,
+        if bad and report:
+            with self._lock:
+                self._stats["corrupt"] += len(bad)
+                self._damaged.update(bad)
+            _warn(
+                f"{len(bad)} damaged entries in the completion cache {self.path} were "
+                "treated as misses and are requested again."
             )
         return out
 
     def get_many(self, keys: Iterable[bytes]) -> dict[bytes, Completion]:
-        """Look up many keys at once; missing or unreadable entries are left out.
+        """Look up many keys at once; missing or damaged entries are left out.
 
-        Does not count hits or misses (see :meth:`record`).
+        Does not count hits or misses (see :meth:`record`) and never writes.
         """
         conn = self._conn()
         try:
@@ -210,10 +351,11 @@ class CompletionCache:
             self._unreadable(e)
             return {}
         memget = self._memory.data.get
+        unsaved = self._unsaved.get
         out: dict[bytes, Completion] = {}
         rest = []
         for k in keys:
-            c = memget(k)
+            c = memget(k) or unsaved(k)
             if c is None:
                 rest.append(k)
             else:
@@ -229,11 +371,16 @@ class CompletionCache:
         if isinstance(e, sqlite3.OperationalError) and is_busy(e):
             raise CacheError(
                 f"the completion cache {self.path} stayed locked for {BUSY_TIMEOUT:.0f} s "
-                f"({e}); another program holds it. Retry, or use another cache path."
+                f"({e}); another program holds it. Retry, or point the cache at another "
+                f"file ({_WHERE})."
             ) from e
-        logger.warning(
-            "cannot read the completion cache %s (%s); treating as misses", self.path, e
-        )
+        if not self._unusable:
+            self._unusable = True
+            _warn(
+                f"the completion cache {self.path} cannot be read ({e}): its prompts are "
+                "requested again and new results are kept in memory only. The file looks "
+                f"damaged. {_MOVE_ASIDE}"
+            )
 
     # -- writing ---------------------------------------------------------------------
 
@@ -243,6 +390,14 @@ class CompletionCache:
             "INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?)",
             [(k, *encode(c), now) for k, c in items],
         )
+        if self._damaged:
+            with self._lock:
+                self._damaged.difference_update(k for k, _ in items)
+
+    def _keep(self, key: bytes, completion: Completion) -> None:
+        """Keep a result the file cannot take (read-only or unusable file)."""
+        self._unsaved[key] = completion
+        self._memory.put(key, completion)
 
     def put(self, key: bytes, completion: Completion) -> None:
         """Store one completion (committed at once)."""
@@ -253,14 +408,21 @@ class CompletionCache:
         items = list(items)
         if not items:
             return
+        if self.read_only or self._unusable:
+            for key, c in items:
+                self._keep(key, c)
+            return
         with self._write() as conn:
             self._insert(conn, items)
         self._memory.put_many(items)
         self._count(writes=len(items))
 
-    def session(self) -> ClaimSession:
+    def session(self) -> ClaimSession | NullSession:
         """A :class:`ClaimSession` to fetch missing completions in coordination with
-        other threads and processes."""
+        other threads and processes (without a file to write: a session keeping
+        its results in memory)."""
+        if self.read_only or self._unusable:
+            return NullSession(keep=self._keep)
         return ClaimSession(self)
 
     # -- statistics --------------------------------------------------------------------
@@ -270,51 +432,100 @@ class CompletionCache:
             for name, n in counts.items():
                 self._stats[name] += n
 
+    def _count_pending(self, counts: dict[str, int]) -> None:
+        with self._lock:
+            for name, n in counts.items():
+                self._pending[name] += n
+
+    def _take_pending(self) -> dict[str, int]:
+        with self._lock:
+            pending, self._pending = self._pending, dict.fromkeys(PERSISTED, 0)
+        return pending
+
     def record(self, *, hits: int = 0, misses: int = 0, saved_tokens: int = 0, waited: int = 0):
-        """Count lookups: in this process, and in the file's totals."""
+        """Count one call's lookups, in this process and in the file's totals.
+
+        The totals reach the file with this process's next write transaction: at
+        once when the call had misses (its results were just written), else with a
+        later write or at exit. A call answered from the cache writes nothing.
+        """
         self._count(hits=hits, misses=misses, saved_tokens=saved_tokens, waited=waited)
-        if not (hits or misses):
+        self._count_pending({"hits": hits, "misses": misses, "saved_tokens": saved_tokens})
+        if misses:
+            self.flush()
+        elif hits:
+            _flush_at_exit_of_this_process()
+
+    def flush(self) -> None:
+        """Write this process's pending statistics to the file (if any)."""
+        with self._lock:
+            if not any(self._pending.values()):
+                return
+        if self.read_only or self._unusable:
             return
         try:
-            with self._write() as conn:
-                self._add_totals(conn, hits=hits, misses=misses, saved_tokens=saved_tokens)
-        except sqlite3.Error as e:  # statistics never break a prediction
-            logger.debug("could not update the cache statistics: %s", e)
+            with self._write():
+                pass
+        except sqlite3.Error:  # statistics never break a prediction; kept for later
+            pass
 
     @staticmethod
-    def _add_totals(conn: sqlite3.Connection, **counts: int) -> None:
+    def _add_totals(conn: sqlite3.Connection, counts: dict[str, int]) -> None:
         conn.executemany(
             "INSERT INTO stats VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
             [(name, n, n) for name, n in counts.items() if n],
         )
 
-    def info(self) -> CacheInfo:
-        """Entries in the file, this process's counts and the file's totals."""
+    def _file_counts(self) -> tuple[int, dict]:
+        """Entries and statistics in the file (nothing for an unusable file)."""
         conn = self._conn()
         try:
             n = conn.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
             totals = dict(conn.execute("SELECT name, value FROM stats").fetchall())
         except sqlite3.DatabaseError as e:
-            raise CacheError(f"cannot read the completion cache {self.path}: {e}") from e
+            if isinstance(e, sqlite3.OperationalError) and is_busy(e):
+                raise CacheError(f"cannot read the completion cache {self.path}: {e}") from e
+            self._unreadable(e)
+            return 0, {}
+        return int(n), totals
+
+    def info(self) -> CacheInfo:
+        """Entries in the file, this process's counts and the file's totals (with
+        this process's counts not written yet)."""
+        n, totals = self._file_counts()
         size = 0
         for suffix in ("", "-wal"):
             with contextlib.suppress(OSError):
                 size += os.path.getsize(str(self.path) + suffix)
         with self._lock:
             stats = dict(self._stats)
+            total = {k: int(totals.get(k, 0)) + v for k, v in self._pending.items()}
+            damaged = len(self._damaged)
         return CacheInfo(
             path=str(self.path),
-            entries=int(n),
+            entries=max(0, n - damaged),
             size_bytes=size,
             memory_entries=len(self._memory.data),
-            total_hits=int(totals.get("hits", 0)),
-            total_misses=int(totals.get("misses", 0)),
-            total_saved_tokens=int(totals.get("saved_tokens", 0)),
+            total_hits=total["hits"],
+            total_misses=total["misses"],
+            total_saved_tokens=total["saved_tokens"],
             **stats,
         )
 
     def clear(self) -> None:
         """Delete every entry and the statistics (in every process using the file)."""
+        self._memory.clear()
+        self._unsaved.clear()
+        with self._lock:
+            self._stats = dict.fromkeys(COUNTERS, 0)
+            self._pending = dict.fromkeys(PERSISTED, 0)
+            self._damaged = set()
+        if self.read_only:
+            raise CacheError(
+                f"the completion cache {self.path} is read-only: its entries cannot be "
+                f"deleted. Make the file writable, or point the cache at another file "
+                f"({_WHERE})."
+            )
         with self._write() as conn:
             conn.execute("DELETE FROM completions")
             conn.execute("DELETE FROM stats")
@@ -322,13 +533,8 @@ class CompletionCache:
             conn.execute(
                 "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name = 'generation'"
             )
-        self._memory.clear()
-        with self._lock:
-            self._stats = dict.fromkeys(COUNTERS, 0)
-        try:  # give the space back when nobody else is reading
-            self._conn().execute("VACUUM")
-        except sqlite3.OperationalError as e:
-            logger.debug("VACUUM after clear skipped: %s", e)
+        with contextlib.suppress(sqlite3.OperationalError):  # others may be reading
+            self._conn().execute("VACUUM")  # give the space back
 
     def _drop_dead_claims(self, conn: sqlite3.Connection) -> None:
         """Forget claims left by killed processes (they would be taken over anyway)."""
@@ -356,3 +562,29 @@ def _reopen(path: str, memory_mb: float | None, claim_timeout: float) -> Complet
     if cache.claim_timeout != claim_timeout or cache._memory_mb != memory_mb:
         return CompletionCache(path, memory_mb=memory_mb, claim_timeout=claim_timeout)
     return cache
+
+
+def flush_all() -> None:
+    """Write the pending statistics of every cache of this process."""
+    for cache in list(_INSTANCES):
+        if cache._pid == os.getpid():
+            with contextlib.suppress(Exception):
+                cache.flush()
+
+
+atexit.register(flush_all)
+_EXIT_HOOKED = {os.getpid()}
+
+
+def _flush_at_exit_of_this_process() -> None:
+    """Worker processes of :mod:`multiprocessing` leave through ``os._exit``, past
+    :mod:`atexit`: their pending statistics are written by a finalizer."""
+    pid = os.getpid()
+    if pid in _EXIT_HOOKED:
+        return
+    _EXIT_HOOKED.add(pid)
+    mp = sys.modules.get("multiprocessing")
+    if mp is not None and mp.parent_process() is not None:
+        from multiprocessing.util import Finalize
+
+        Finalize(None, flush_all, exitpriority=0)
