@@ -10,7 +10,7 @@ import sys
 import pytest
 from cache_helpers import det_clf, make_texts, run_python
 
-import skllmprob.cache.store as store_mod
+import skllmprob.cache.schema as schema_mod
 from skllmprob._engine import fetch_completions
 from skllmprob.backends import DeterministicBackend, Query
 from skllmprob.cache import CompletionCache, KeyBuilder, open_cache
@@ -130,7 +130,7 @@ def _statements(cache: CompletionCache) -> list[str]:
 @pytest.mark.parametrize("scan", [True, False], ids=["table-scan", "key-lookups"])
 def test_reads_are_batched_and_only_read(tmp_path, monkeypatch, scan):
     if not scan:
-        monkeypatch.setattr(store_mod, "_SCAN_MIN", 10**9)
+        monkeypatch.setattr(schema_mod, "_SCAN_MIN", 10**9)
     texts, _ = make_texts(3000)
     path = tmp_path / "c.sqlite"
     backend, query = DeterministicBackend(), Query(top_logprobs=5)

@@ -258,7 +258,7 @@ class ClaimSession:
                 conn.execute(
                     "UPDATE claims SET heartbeat = ? WHERE owner = ?", (time.time(), self.owner)
                 )
-        cache._count(writes=len(batch))
+        cache._counters.count(writes=len(batch))
 
     def close(self) -> BaseException | None:
         """Flush queued results, release claims left; returns the first write error."""

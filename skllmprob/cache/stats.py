@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["COUNTERS", "PERSISTED", "CacheInfo"]
+__all__ = ["COUNTERS", "PERSISTED", "CacheInfo", "Counters", "add_totals"]
 
 
 @dataclass(frozen=True)
@@ -60,3 +63,64 @@ class CacheInfo:
 COUNTERS = ("hits", "misses", "saved_tokens", "waited", "corrupt", "writes")
 #: The counters also summed in the file over every process (``total_*``).
 PERSISTED = ("hits", "misses", "saved_tokens")
+
+
+class Counters:
+    """One process's counts for one cache file (thread-safe).
+
+    ``counts``: this process's :data:`COUNTERS`; ``pending``: its share of the
+    file's totals (:data:`PERSISTED`) not written yet; ``damaged``: keys found
+    damaged and not rewritten since.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        self.counts = dict.fromkeys(COUNTERS, 0)
+        self.pending = dict.fromkeys(PERSISTED, 0)
+        self.damaged: set[bytes] = set()
+
+    def count(self, **counts: int) -> None:
+        with self._lock:
+            for name, n in counts.items():
+                self.counts[name] += n
+
+    def add_pending(self, counts: dict[str, int]) -> None:
+        with self._lock:
+            for name, n in counts.items():
+                self.pending[name] += n
+
+    def has_pending(self) -> bool:
+        return any(self.pending.values())
+
+    def take_pending(self) -> dict[str, int]:
+        with self._lock:
+            pending, self.pending = self.pending, dict.fromkeys(PERSISTED, 0)
+        return pending
+
+    def found_damaged(self, keys: list[bytes]) -> None:
+        with self._lock:
+            self.counts["corrupt"] += len(keys)
+            self.damaged.update(keys)
+
+    def rewritten(self, keys: Iterable[bytes]) -> None:
+        if self.damaged:
+            with self._lock:
+                self.damaged.difference_update(keys)
+
+    def snapshot(self, totals: dict) -> tuple[dict[str, int], dict[str, int], int]:
+        """This process's counts, the file's ``totals`` plus the pending ones, and
+        the number of damaged keys."""
+        with self._lock:
+            total = {k: int(totals.get(k, 0)) + v for k, v in self.pending.items()}
+            return dict(self.counts), total, len(self.damaged)
+
+
+def add_totals(conn: sqlite3.Connection, counts: dict[str, int]) -> None:
+    """Add ``counts`` to the file's totals (inside a write transaction)."""
+    conn.executemany(
+        "INSERT INTO stats VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
+        [(name, n, n) for name, n in counts.items() if n],
+    )

@@ -25,7 +25,6 @@ import sqlite3
 import sys
 import threading
 import time
-import warnings
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -34,6 +33,16 @@ from ..backends.base import Completion
 from ..exceptions import CacheError
 from .claims import CLAIM_TIMEOUT, HOST, ClaimSession, NullSession, pid_alive
 from .codec import Decoder, encode
+from .files import (
+    MOVE_ASIDE,
+    WHERE,
+    is_read_only_error,
+    open_errors,
+    prepare_file,
+    read_only_uri,
+    read_only_warning,
+    warn,
+)
 from .memory import MemoryLayer, default_memory_bytes
 from .schema import (
     BUSY_TIMEOUT,
@@ -42,35 +51,18 @@ from .schema import (
     check_or_create_schema,
     chunks,
     is_busy,
-    marks,
     read_version,
+    rows_of,
+    scan_rows,
     write_transaction,
 )
-from .stats import COUNTERS, PERSISTED, CacheInfo
+from .stats import CacheInfo, Counters, add_totals
 
 __all__ = ["CompletionCache"]
 
 _INSTANCES: weakref.WeakSet = weakref.WeakSet()
 #: Connections inherited through fork: kept referenced, never closed in the child.
 _INHERITED: list = []
-
-#: Reads of at least this many keys scan the table when the file holds no more
-#: than this many bytes per key (a few entries' worth of pages).
-_SCAN_MIN, _SCAN_BYTES_PER_KEY = 1000, 1500
-_WHERE = "cache= in Python, --cache on the command line"
-_MOVE_ASIDE = (
-    "To keep the results it holds, move the file aside (rename it) rather than "
-    f"deleting it, or point the cache at another file ({_WHERE})."
-)
-
-
-def _warn(message: str) -> None:
-    warnings.warn(message, RuntimeWarning, stacklevel=3)
-
-
-def _is_read_only_error(e: sqlite3.Error) -> bool:
-    msg = str(e).lower()
-    return "readonly" in msg or "read-only" in msg or "unable to open" in msg
 
 
 class CompletionCache:
@@ -125,10 +117,7 @@ class CompletionCache:
     def _reset_process_state(self) -> None:
         self._pid = os.getpid()
         self._local = threading.local()
-        self._lock = threading.Lock()
-        self._stats = dict.fromkeys(COUNTERS, 0)
-        self._pending = dict.fromkeys(PERSISTED, 0)  # totals not in the file yet
-        self._damaged: set[bytes] = set()
+        self._counters = Counters()
 
     def _after_fork(self) -> None:
         # SQLite connections must not be used or closed in a forked child; the
@@ -141,7 +130,7 @@ class CompletionCache:
 
     def _connect(self) -> sqlite3.Connection:
         if self.read_only:
-            uri = self.path.resolve().as_uri() + "?mode=ro" + "&immutable=1" * self._immutable
+            uri = read_only_uri(self.path, self._immutable)
             conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None)
         else:
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
@@ -167,53 +156,23 @@ class CompletionCache:
     def _write(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
         """A write transaction; this process's pending statistics go with it."""
         conn = self._conn() if conn is None else conn
-        pending = self._take_pending()
+        pending = self._counters.take_pending()
         try:
             with write_transaction(conn):
                 yield conn
-                self._add_totals(conn, pending)
+                add_totals(conn, pending)
         except BaseException:
-            self._count_pending(pending)
+            self._counters.add_pending(pending)
             raise
 
     # -- opening -------------------------------------------------------------------
 
     def _open(self) -> None:
-        try:
-            self._prepare_file()
+        with open_errors(self.path):
+            self.read_only = prepare_file(self.path)
             self._open_schema()
-        except CacheError:
-            raise
-        except sqlite3.DatabaseError as e:
-            raise CacheError(
-                f"cannot open the completion cache {self.path}: {e}. It is not a "
-                f"readable SQLite file. {_MOVE_ASIDE}"
-            ) from e
-        except OSError as e:
-            raise CacheError(
-                f"cannot create the completion cache {self.path}: {e}. Point the cache at "
-                f"a writable path ({_WHERE}) or turn it off (cache=False, --no-cache)."
-            ) from e
         if self.read_only:
-            _warn(
-                f"the completion cache {self.path} is read-only: its entries are used, but "
-                "new results are kept in this process's memory only. Make the file and its "
-                f"folder writable to store them, or point the cache at another file ({_WHERE})."
-            )
-
-    def _prepare_file(self) -> None:
-        """Create the folder and file if missing; a file that exists but cannot be
-        written is opened read-only."""
-        if self.path.exists():
-            folder = self.path.parent
-            writable = os.access(self.path, os.W_OK) and os.access(folder, os.W_OK | os.X_OK)
-            self.read_only = not writable and os.access(self.path, os.R_OK)
-            return
-        folder = self.path.parent
-        if not folder.exists():
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with contextlib.suppress(FileExistsError):
-            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+            read_only_warning(self.path)
 
     def _open_schema(self) -> None:
         """Check the schema; create or upgrade it only when needed (no write for a
@@ -231,14 +190,14 @@ class CompletionCache:
             with write_transaction(conn):
                 check_or_create_schema(conn, self.path)
         except sqlite3.OperationalError as e:
-            if version is None or not _is_read_only_error(e):
+            if version is None or not is_read_only_error(e):
                 raise
             self._local = threading.local()  # reopen read-only
             self.read_only = True
             self._open_read_only()
             return
         if str(mode).lower() != "wal":  # pragma: no cover - exotic file systems
-            _warn(
+            warn(
                 f"the completion cache {self.path} cannot use WAL mode ({mode}); several "
                 "processes using it at once may wait for each other."
             )
@@ -255,7 +214,7 @@ class CompletionCache:
             raise CacheError(
                 f"the completion cache {self.path} is read-only and "
                 f"{'empty' if version is None else 'of an old layout'}: it cannot be "
-                f"used. Point the cache at a writable file ({_WHERE})."
+                f"used. Point the cache at a writable file ({WHERE})."
             )
 
     # -- reading ---------------------------------------------------------------------
@@ -268,50 +227,6 @@ class CompletionCache:
                 self._memory.clear()
             self._generation = generation
 
-    def _scan(self, conn: sqlite3.Connection, keys: Sequence[bytes]) -> list | None:
-        """The rows of ``keys`` from one scan of the table, when they are a large part
-        of a small file (a scan reads rows three times faster than key look-ups);
-        ``None`` when look-ups are better or the scan fails."""
-        if len(keys) < _SCAN_MIN:
-            return None
-        try:
-            pages, page_size = (
-                conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "page_size")
-            )
-            if pages * page_size > _SCAN_BYTES_PER_KEY * len(keys):
-                return None
-            rows = conn.execute("SELECT key, data, CAST(tokens AS BLOB) FROM completions")
-            want = set(keys)
-            return [r for r in rows.fetchall() if r[0] in want]
-        except sqlite3.OperationalError as e:
-            if is_busy(e):
-                raise
-        except sqlite3.DatabaseError:
-            pass
-        return None  # a damaged page: the look-ups skip only what it holds
-
-    def _rows(self, conn: sqlite3.Connection, chunk: Sequence[bytes]) -> list:
-        """The rows of ``chunk`` in one query, or key by key when the query fails
-        (a damaged page then costs only the keys on it)."""
-        sql = "SELECT key, data, CAST(tokens AS BLOB) FROM completions WHERE key "
-        try:
-            return conn.execute(sql + f"IN ({marks(len(chunk))})", chunk).fetchall()
-        except sqlite3.OperationalError as e:
-            if is_busy(e):
-                raise
-        except sqlite3.DatabaseError:
-            pass
-        rows, error = [], None
-        for key in chunk:
-            try:
-                rows.extend(conn.execute(sql + "= ?", (key,)).fetchall())
-            except sqlite3.DatabaseError as e:
-                error = e
-                rows.append((key, b"", b""))  # unreadable: a damaged entry
-        if error is not None and len(rows) == len(chunk) and not any(r[1] for r in rows):
-            raise error  # nothing of the chunk could be read: the file is unusable
-        return rows
-
     def _select(
         self, conn: sqlite3.Connection, keys: Sequence[bytes], *, report: bool = True
     ) -> dict[bytes, Completion]:
@@ -321,19 +236,17 @@ class CompletionCache:
         the same keys do not count them again)."""
         out: dict[bytes, Completion] = {}
         bad: list[bytes] = []
-        rows = self._scan(conn, keys)
+        rows = scan_rows(conn, keys)
         for chunk in [rows] if rows is not None else chunks(keys, self._chunk):
             found, damaged = self._decoder.many(
-                chunk if rows is not None else self._rows(conn, chunk)
+                chunk if rows is not None else rows_of(conn, chunk)
             )
             out.update(found)
             bad.extend(damaged)
         self._memory.put_many(out.items())
         if bad and report:
-            with self._lock:
-                self._stats["corrupt"] += len(bad)
-                self._damaged.update(bad)
-            _warn(
+            self._counters.found_damaged(bad)
+            warn(
                 f"{len(bad)} damaged entries in the completion cache {self.path} were "
                 "treated as misses and are requested again."
             )
@@ -372,14 +285,14 @@ class CompletionCache:
             raise CacheError(
                 f"the completion cache {self.path} stayed locked for {BUSY_TIMEOUT:.0f} s "
                 f"({e}); another program holds it. Retry, or point the cache at another "
-                f"file ({_WHERE})."
+                f"file ({WHERE})."
             ) from e
         if not self._unusable:
             self._unusable = True
-            _warn(
+            warn(
                 f"the completion cache {self.path} cannot be read ({e}): its prompts are "
                 "requested again and new results are kept in memory only. The file looks "
-                f"damaged. {_MOVE_ASIDE}"
+                f"damaged. {MOVE_ASIDE}"
             )
 
     # -- writing ---------------------------------------------------------------------
@@ -390,9 +303,7 @@ class CompletionCache:
             "INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?)",
             [(k, *encode(c), now) for k, c in items],
         )
-        if self._damaged:
-            with self._lock:
-                self._damaged.difference_update(k for k, _ in items)
+        self._counters.rewritten(k for k, _ in items)
 
     def _keep(self, key: bytes, completion: Completion) -> None:
         """Keep a result the file cannot take (read-only or unusable file)."""
@@ -415,7 +326,7 @@ class CompletionCache:
         with self._write() as conn:
             self._insert(conn, items)
         self._memory.put_many(items)
-        self._count(writes=len(items))
+        self._counters.count(writes=len(items))
 
     def session(self) -> ClaimSession | NullSession:
         """A :class:`ClaimSession` to fetch missing completions in coordination with
@@ -427,21 +338,6 @@ class CompletionCache:
 
     # -- statistics --------------------------------------------------------------------
 
-    def _count(self, **counts: int) -> None:
-        with self._lock:
-            for name, n in counts.items():
-                self._stats[name] += n
-
-    def _count_pending(self, counts: dict[str, int]) -> None:
-        with self._lock:
-            for name, n in counts.items():
-                self._pending[name] += n
-
-    def _take_pending(self) -> dict[str, int]:
-        with self._lock:
-            pending, self._pending = self._pending, dict.fromkeys(PERSISTED, 0)
-        return pending
-
     def record(self, *, hits: int = 0, misses: int = 0, saved_tokens: int = 0, waited: int = 0):
         """Count one call's lookups, in this process and in the file's totals.
 
@@ -449,8 +345,8 @@ class CompletionCache:
         once when the call had misses (its results were just written), else with a
         later write or at exit. A call answered from the cache writes nothing.
         """
-        self._count(hits=hits, misses=misses, saved_tokens=saved_tokens, waited=waited)
-        self._count_pending({"hits": hits, "misses": misses, "saved_tokens": saved_tokens})
+        self._counters.count(hits=hits, misses=misses, saved_tokens=saved_tokens, waited=waited)
+        self._counters.add_pending({"hits": hits, "misses": misses, "saved_tokens": saved_tokens})
         if misses:
             self.flush()
         elif hits:
@@ -458,23 +354,15 @@ class CompletionCache:
 
     def flush(self) -> None:
         """Write this process's pending statistics to the file (if any)."""
-        with self._lock:
-            if not any(self._pending.values()):
-                return
-        if self.read_only or self._unusable:
+        if not self._counters.has_pending() or self.read_only or self._unusable:
+            return
+        if not self.path.exists():  # moved away: nothing to add the counts to
             return
         try:
             with self._write():
                 pass
         except sqlite3.Error:  # statistics never break a prediction; kept for later
             pass
-
-    @staticmethod
-    def _add_totals(conn: sqlite3.Connection, counts: dict[str, int]) -> None:
-        conn.executemany(
-            "INSERT INTO stats VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
-            [(name, n, n) for name, n in counts.items() if n],
-        )
 
     def _file_counts(self) -> tuple[int, dict]:
         """Entries and statistics in the file (nothing for an unusable file)."""
@@ -497,10 +385,7 @@ class CompletionCache:
         for suffix in ("", "-wal"):
             with contextlib.suppress(OSError):
                 size += os.path.getsize(str(self.path) + suffix)
-        with self._lock:
-            stats = dict(self._stats)
-            total = {k: int(totals.get(k, 0)) + v for k, v in self._pending.items()}
-            damaged = len(self._damaged)
+        stats, total, damaged = self._counters.snapshot(totals)
         return CacheInfo(
             path=str(self.path),
             entries=max(0, n - damaged),
@@ -516,15 +401,12 @@ class CompletionCache:
         """Delete every entry and the statistics (in every process using the file)."""
         self._memory.clear()
         self._unsaved.clear()
-        with self._lock:
-            self._stats = dict.fromkeys(COUNTERS, 0)
-            self._pending = dict.fromkeys(PERSISTED, 0)
-            self._damaged = set()
+        self._counters.reset()
         if self.read_only:
             raise CacheError(
                 f"the completion cache {self.path} is read-only: its entries cannot be "
                 f"deleted. Make the file writable, or point the cache at another file "
-                f"({_WHERE})."
+                f"({WHERE})."
             )
         with self._write() as conn:
             conn.execute("DELETE FROM completions")
