@@ -124,14 +124,7 @@ def _completion_factory():
 
     def make(tokens, logprobs, answers, pt, ct, cached):
         c = new(Completion)
-        c.__dict__.update(
-            tokens=tokens,
-            logprobs=logprobs,
-            answer_logprobs=answers,
-            prompt_tokens=pt,
-            completion_tokens=ct,
-            cached_tokens=cached,
-        )
+        c.__dict__.update(zip(expected, (tokens, logprobs, answers, pt, ct, cached)))
         return c
 
     return make
