@@ -53,7 +53,7 @@ DECODE_ERRORS = (ValueError, TypeError, struct.error, AttributeError, IndexError
 #: Slack of the plausibility check: a log-probability may exceed 0 and the total
 #: probability 1 by this much (servers round their numbers).
 LOGPROB_TOLERANCE = 1e-3
-_INTERN_MAX = 65_536
+_INTERN_MAX = 16_384  # token lists kept for interning (a few MiB)
 
 
 def canonical(obj: Any) -> str:
@@ -124,7 +124,7 @@ def _completion_factory():
 
     def make(tokens, logprobs, answers, pt, ct, cached):
         c = new(Completion)
-        c.__dict__.update(zip(expected, (tokens, logprobs, answers, pt, ct, cached)))
+        c.__dict__.update(zip(names, (tokens, logprobs, answers, pt, ct, cached), strict=True))
         return c
 
     return make
