@@ -197,6 +197,32 @@ def test_key_read_lazily_from_environment(monkeypatch):
         assert stub.log[-1]["auth"] == "bearer"
 
 
+def test_a_key_read_with_its_line_end_is_sent_stripped(monkeypatch):
+    """A key read from a file or a CRLF ``.env``: the line end is not part of it."""
+    with OpenAIStub(api_key="sk-SECRET-abc123") as stub:
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+        backend = OpenAIBackend("stub-model", base_url=stub.base_url, api_key="sk-SECRET-abc123\n")
+        assert len(collect(backend, ["a", "b"])) == 2
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-SECRET-abc123\r")
+        assert len(collect(OpenAIBackend("stub-model", base_url=stub.base_url), ["c"])) == 1
+        assert stub.requests == 3 and stub.prompt_successes.total() == 3
+
+
+@pytest.mark.parametrize(
+    "key", ["sk-SECRET-abc\n123", "sk-SECRET-abc\u00e9123", "sk-SECRET\r\n-abc"]
+)
+def test_a_key_that_cannot_be_a_header_is_refused_before_any_request(key):
+    with OpenAIStub(api_key="sk-SECRET-abc123") as stub:
+        backend = OpenAIBackend("stub-model", base_url=stub.base_url, api_key=key)
+        start = time.monotonic()
+        with pytest.raises(ConfigurationError, match="cannot be sent in an HTTP header") as info:
+            collect(backend, ["a", "b"])
+        assert time.monotonic() - start < 2.0 and stub.requests == 0
+        shown = "".join(traceback.format_exception(info.value)) + repr(info.value.args)
+        assert "SECRET" not in shown and "abc" not in shown
+        assert info.value.__cause__ is None and info.value.__context__ is None
+
+
 def test_clones_share_one_client_and_loop(stub):
     before = resource_loads("openai-client")
     for _ in range(3):

@@ -30,8 +30,10 @@ requests that still fail after their retries are reported together in a
 The API key is read from ``api_key`` or, lazily, from ``$OPENAI_API_KEY``
 (``$AZURE_OPENAI_API_KEY`` first for Azure). A server other than OpenAI or Azure that
 gets no key is sent the placeholder ``"sk-no-key-required"``: local servers ignore
-it. The key never appears in the backend's repr, its identity (the cache key), a
-pickle, a log line or an error message.
+it. Whitespace around a key is stripped; a key with another character that cannot
+go in an HTTP header is refused before any request. The key never appears in the
+backend's repr, its identity (the cache key), a pickle, a log line or an error
+message.
 
 Examples
 --------

@@ -31,7 +31,12 @@ class OpenAIBackend(OpenAISettings):
     api_key : str or SecretKey, optional
         ``None`` reads ``$OPENAI_API_KEY`` (Azure: ``$AZURE_OPENAI_API_KEY`` first)
         when the first request is made; other servers than OpenAI and Azure then get
-        a placeholder. Never stored in a pickle.
+        a placeholder. Never stored in a pickle. Whitespace around the key (the
+        line end of a key read from a file or a CRLF ``.env``), from either source,
+        is stripped; a key with any other character that cannot go in an HTTP header
+        (a line break inside it, a control or non-ASCII character) is refused with a
+        :class:`~skllmprob.exceptions.ConfigurationError` before any request, and
+        the message never shows the key.
     endpoint : {"auto", "chat", "completions"}, default="auto"
         See the module documentation.
     timeout : float, default=60.0

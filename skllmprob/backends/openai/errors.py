@@ -42,17 +42,32 @@ def _scrub_value(value: Any, secret: str | None) -> Any:
         return _scrub(value, secret)
     if isinstance(value, dict):
         return {k: _scrub_value(v, secret) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_scrub_value(v, secret) for v in value]
+    if isinstance(value, list | tuple):
+        return type(value)(_scrub_value(v, secret) for v in value)
+    if isinstance(value, bytes) and secret and len(secret) >= 4:
+        return value.replace(secret.encode(), MASK.encode())
     return value
 
 
 def _scrub_exception(e: BaseException, secret: str | None) -> None:
-    """Remove the key from an SDK exception before it is chained or kept: its text,
-    and the headers of the HTTP request it holds (which a pickle of the error, e.g.
-    from a joblib worker, would otherwise carry)."""
+    """Remove the key from an SDK exception and the exceptions it chains (causes and
+    contexts, e.g. the HTTP stack's own error quoting a header) before it is chained
+    or kept: their text, and the headers of the HTTP request they hold (which a
+    pickle of the error, e.g. from a joblib worker, would otherwise carry)."""
     if not secret:
         return
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [e]
+    while todo:
+        one = todo.pop()
+        if one is None or any(one is s for s in seen):
+            continue
+        seen.append(one)
+        _scrub_one(one, secret)
+        todo += [one.__cause__, one.__context__]
+
+
+def _scrub_one(e: BaseException, secret: str) -> None:
     e.args = tuple(_scrub_value(a, secret) for a in e.args)
     for attr in ("message", "body"):
         if hasattr(e, attr):
@@ -63,9 +78,9 @@ def _scrub_exception(e: BaseException, secret: str | None) -> None:
         body = getattr(response, attr, None)
         with contextlib.suppress(AttributeError, TypeError):
             if isinstance(body, bytes) and secret.encode() in body:
-                setattr(response, attr, body.replace(secret.encode(), b"**********"))
+                setattr(response, attr, body.replace(secret.encode(), MASK.encode()))
             elif isinstance(body, str) and secret in body:
-                setattr(response, attr, body.replace(secret, "**********"))
+                setattr(response, attr, body.replace(secret, MASK))
     for request in (getattr(e, "request", None), getattr(response, "request", None)):
         headers = getattr(request, "headers", None)
         if headers is None:
@@ -73,7 +88,7 @@ def _scrub_exception(e: BaseException, secret: str | None) -> None:
         for name in _AUTH_HEADERS:
             with contextlib.suppress(Exception):  # a request without such headers
                 if name in headers:
-                    headers[name] = "**********"
+                    headers[name] = MASK
 
 
 def _not_retriable(body: bytes) -> bool:

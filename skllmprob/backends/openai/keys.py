@@ -1,5 +1,11 @@
-"""The API key of a request: where it is read from, and what to say when there is
-none."""
+"""The API key of a request: where it is read from, how it is cleaned and checked,
+and what to say when there is none or it cannot be sent.
+
+A key is sent in an HTTP header, which can hold printable ASCII only. Whitespace
+around the key (a key read from a file, a CRLF ``.env``) is stripped; any other
+character that cannot go in a header is refused before any request, with a message
+that says what is wrong and never shows the key or any part of it.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +18,52 @@ from ...exceptions import ConfigurationError
 NO_KEY = "sk-no-key-required"
 
 
+def _problem(key: str) -> str | None:
+    """What in ``key`` cannot go in an HTTP header (``None``: nothing)."""
+    for c in key:
+        if c == "\t" or " " <= c <= "~":
+            continue
+        if c in "\r\n":
+            return "a line break (newline or carriage return) inside it"
+        if c < " " or c == "\x7f":
+            return "a control character inside it"
+        return "a non-ASCII character (for instance a typographic quote or dash)"
+    return None
+
+
+def clean_key(key: str, source: str) -> str:
+    r"""``key`` without surrounding whitespace, or a ConfigurationError naming what in
+    it cannot be sent (and never any of its characters).
+
+    >>> clean_key("sk-abc123\r\n", "api_key=")
+    'sk-abc123'
+    >>> clean_key("sk-abc\n123", "api_key=")
+    Traceback (most recent call last):
+    ...
+    skllmprob.exceptions.ConfigurationError: the API key from api_key= has a line break ...
+    """
+    key = key.strip()
+    problem = _problem(key)
+    if problem is None:
+        return key
+    raise ConfigurationError(
+        f"the API key from {source} has {problem}, which cannot be sent in an HTTP "
+        "header (printable ASCII only); nothing was sent. Check that the key was copied "
+        "whole and exactly (surrounding whitespace and line ends are removed "
+        "automatically)."
+    )
+
+
 def _given_key(settings) -> str | None:
-    """The key of ``api_key=``, else of the environment, else ``None``."""
+    """The key of ``api_key=``, else of the environment (cleaned), else ``None``."""
     key = reveal(settings._api_key)
     if key:
-        return str(key)
+        return clean_key(str(key), "api_key=") or None
     names = ("AZURE_OPENAI_API_KEY", "OPENAI_API_KEY") if settings.is_azure() else ()
     for name in (*names, "OPENAI_API_KEY"):
-        if os.environ.get(name):
-            return os.environ[name]
+        value = os.environ.get(name, "").strip()
+        if value:
+            return clean_key(value, f"${name}")
     return None
 
 
