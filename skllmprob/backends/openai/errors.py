@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..._secrets import mask_url
 from ...exceptions import (
     BackendUnavailableError,
     LogprobsUnsupportedError,
@@ -32,6 +33,8 @@ MASK = "**********"
 
 
 def _scrub(text: str, secret: str | None) -> str:
+    """``text`` without the key, and with the password of every URL masked."""
+    text = mask_url(text)
     if secret and len(secret) >= 4 and secret in text:
         text = text.replace(secret, MASK)
     return text
@@ -50,12 +53,11 @@ def _scrub_value(value: Any, secret: str | None) -> Any:
 
 
 def _scrub_exception(e: BaseException, secret: str | None) -> None:
-    """Remove the key from an SDK exception and the exceptions it chains (causes and
-    contexts, e.g. the HTTP stack's own error quoting a header) before it is chained
-    or kept: their text, and the headers of the HTTP request they hold (which a
-    pickle of the error, e.g. from a joblib worker, would otherwise carry)."""
-    if not secret:
-        return
+    """Remove the key (and URL passwords) from an SDK exception and the exceptions it
+    chains (causes and contexts, e.g. the HTTP stack's own error quoting a header)
+    before it is chained or kept: their text, the body and the headers and URL of the
+    HTTP request they hold (which a pickle of the error, e.g. from a joblib worker,
+    would otherwise carry)."""
     seen: list[BaseException] = []
     todo: list[BaseException | None] = [e]
     while todo:
@@ -67,7 +69,7 @@ def _scrub_exception(e: BaseException, secret: str | None) -> None:
         todo += [one.__cause__, one.__context__]
 
 
-def _scrub_one(e: BaseException, secret: str) -> None:
+def _scrub_one(e: BaseException, secret: str | None) -> None:
     e.args = tuple(_scrub_value(a, secret) for a in e.args)
     for attr in ("message", "body"):
         if hasattr(e, attr):
@@ -77,18 +79,26 @@ def _scrub_one(e: BaseException, secret: str) -> None:
     for attr in ("_content", "_text"):  # the raw and decoded body kept by httpx
         body = getattr(response, attr, None)
         with contextlib.suppress(AttributeError, TypeError):
-            if isinstance(body, bytes) and secret.encode() in body:
-                setattr(response, attr, body.replace(secret.encode(), MASK.encode()))
-            elif isinstance(body, str) and secret in body:
-                setattr(response, attr, body.replace(secret, MASK))
+            if body is not None and _scrub_value(body, secret) != body:
+                setattr(response, attr, _scrub_value(body, secret))
     for request in (getattr(e, "request", None), getattr(response, "request", None)):
-        headers = getattr(request, "headers", None)
-        if headers is None:
-            continue
-        for name in _AUTH_HEADERS:
-            with contextlib.suppress(Exception):  # a request without such headers
-                if name in headers:
-                    headers[name] = MASK
+        _scrub_request(request)
+
+
+def _scrub_request(request: Any) -> None:
+    """Mask the credentials an HTTP request holds: its auth headers, the password of
+    its URL."""
+    headers = getattr(request, "headers", None)
+    if headers is None:
+        return
+    for name in _AUTH_HEADERS:
+        with contextlib.suppress(Exception):  # a request without such headers
+            if name in headers:
+                headers[name] = MASK
+    url = getattr(request, "url", None)
+    with contextlib.suppress(Exception):  # a URL type without these
+        if url.password:
+            request.url = url.copy_with(username=url.username, password="***")
 
 
 def _not_retriable(body: bytes) -> bool:
@@ -121,6 +131,17 @@ class _Failure:
     connection: bool = False
     sent: bool = True
     malformed: bool = False
+    #: The server accepted the connection, then closed it without an answer.
+    dropped: bool = False
+
+
+#: The HTTP stack's errors (httpx, httpx2) for a connection that was made, then
+#: closed or reset by the other side before an answer.
+_DROPPED = ("ReadError", "WriteError", "RemoteProtocolError", "CloseError")
+
+
+def _was_dropped(cause: BaseException | None) -> bool:
+    return cause is not None and any(c.__name__ in _DROPPED for c in type(cause).__mro__)
 
 
 class _Fatal(Exception):
@@ -157,6 +178,9 @@ def classify(e: BaseException, backend: OpenAIBackend, plan: _Plan) -> _Failure 
     if isinstance(e, openai.APIConnectionError):
         cause = e.__cause__
         detail = type(cause).__name__ if cause is not None else "connection error"
+        if _was_dropped(cause):
+            reason = f"connection closed by the server without an answer ({detail})"
+            return _Failure(-1, e, reason, connection=True, dropped=True)
         return _Failure(-1, e, f"connection error ({detail})", connection=True)
     if isinstance(e, Exception):
         return _Failure(-1, e, f"{type(e).__name__}: {_short(str(e), secret)}")
@@ -275,6 +299,13 @@ def _first_errors(sent: list[_Failure]) -> list[BaseException]:
 
 def _nothing_worked(backend: OpenAIBackend, sent: list[_Failure], summary: str):
     """The error when no request succeeded and all failed alike, or ``None``."""
+    if sent and all(f.dropped for f in sent):
+        return BackendUnavailableError(
+            f"{backend.shown_url()} accepted the connections and then closed them "
+            f"without an answer, after {backend.max_retries} retries ({summary}). The "
+            "server may have crashed or be restarting, or base_url may point to "
+            "something that is not an HTTP server (check its port and scheme)."
+        )
     if sent and all(f.connection for f in sent):
         return BackendUnavailableError(
             f"cannot reach {backend.shown_url()}: requests failed to connect "
@@ -308,13 +339,17 @@ def partial_error(backend: OpenAIBackend, failures: list[_Failure], total: int, 
         f"{len(sent)} requests failed after {backend.max_retries} retries ({summary})"
     )
     down = bool(sent) and all(f.connection for f in sent)
-    if unsent and down:
+    dropped = bool(sent) and all(f.dropped for f in sent)
+    if unsent and dropped:
+        message += f", and {unsent} were not sent once the server closed the connections"
+    elif unsent and down:
         message += f", and {unsent} were not sent once the server could not be reached"
     elif unsent:
         message += f", and {unsent} were not sent after {breaker} failures in a row"
     if down:
+        what = "closed the connections" if dropped else "stopped accepting connections"
         hint = (
-            f"the server at {backend.shown_url()} stopped accepting connections: "
+            f"the server at {backend.shown_url()} {what}: "
             "once it is back, call again to send only the others."
         )
     else:

@@ -8,7 +8,7 @@ import re
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ..._secrets import SecretKey
+from ..._secrets import SecretKey, mask_url
 from ...exceptions import ConfigurationError
 from ..base import Backend, Query
 
@@ -20,9 +20,17 @@ _OPENAI_CAPS = {"chat": 20, "completions": 5}
 
 
 def _normalize_url(url: str) -> str:
+    """No surrounding whitespace, trailing slash or fragment; the scheme and the host
+    in lower case (not a user name or password).
+
+    >>> _normalize_url(" HTTP://Bob:PaSs@LocalHost:8000/v1/ ")
+    'http://Bob:PaSs@localhost:8000/v1'
+    """
     parts = urlsplit(url.strip())
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    netloc = userinfo + at + hostport.lower()
     path = parts.path.rstrip("/")
-    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, parts.query, ""))
+    return urlunsplit((parts.scheme.lower(), netloc, path, parts.query, ""))
 
 
 def _check_settings(endpoint, max_tokens_param, max_concurrency, rpm, tpm) -> None:
@@ -96,6 +104,9 @@ class OpenAISettings(Backend):
         # again), a deep copy (sklearn.base.clone) keeps it.
         self._api_key = api_key
 
+    def __repr__(self) -> str:
+        return mask_url(super().__repr__())  # a password in base_url is never shown
+
     # -- resolved settings ----------------------------------------------------------------
 
     def resolved_base_url(self) -> str:
@@ -137,15 +148,16 @@ class OpenAISettings(Backend):
         return "max_tokens"
 
     def shown_url(self) -> str:
-        """The server URL as messages show it."""
-        return self.resolved_base_url()
+        """The server URL as messages, the repr and the identity show it: normalized,
+        with its password masked."""
+        return mask_url(self.resolved_base_url())
 
     # -- Backend API ----------------------------------------------------------------------
 
     def identity(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "backend": "openai",
-            "base_url": self.resolved_base_url(),
+            "base_url": self.shown_url(),
             "model": self.model,
             "endpoint": self.resolved_endpoint(),
         }
@@ -174,7 +186,7 @@ class OpenAISettings(Backend):
         path = urlsplit(self.resolved_base_url()).path
         if path.endswith(("/chat/completions", "/completions")):
             raise ConfigurationError(
-                f"base_url {self.resolved_base_url()!r} ends with an endpoint path; give "
+                f"base_url {self.shown_url()!r} ends with an endpoint path; give "
                 "the API root instead (e.g. 'http://127.0.0.1:8000/v1'): the endpoint is "
                 "added per request (see endpoint=)."
             )
