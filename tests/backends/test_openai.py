@@ -566,6 +566,21 @@ def test_a_password_in_base_url_is_masked_in_every_message_and_repr(stub):
     assert OpenAIBackend("m", base_url=url(1)).resolved_base_url() == url(1)
 
 
+@pytest.mark.parametrize("userinfo", ["Bob:PaSs-w0rd-XyZ", "PaSs-w0rd-XyZ"])
+def test_a_password_in_base_url_is_masked_in_debug_logs(stub, caplog, userinfo):
+    caplog.set_level(logging.DEBUG)
+    port = stub.base_url.rsplit(":", 1)[1].split("/")[0]
+    backend = OpenAIBackend(
+        "m", base_url=f"http://{userinfo}@127.0.0.1:{port}/v1", max_retries=1, timeout=5
+    )
+    stub.add_fault("500", match="b", times=None)
+    with pytest.raises(PartialResultsError):
+        collect(backend, ["a", "b"])
+    text = "\n".join(r.getMessage() for r in caplog.records) + caplog.text
+    assert "HTTP Request: POST http://" in text and "***@127.0.0.1" in text
+    assert "PaSs-w0rd-XyZ" not in text
+
+
 def test_many_failures_in_a_row_stop_sending(stub):
     stub.add_fault("500", times=None)
     clf = make(stub, max_retries=0, max_concurrency=2)

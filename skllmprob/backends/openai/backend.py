@@ -6,6 +6,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from ...exceptions import BackendUnavailableError, ConfigurationError
 from ..base import OnResult, Query, shared_resource
@@ -98,6 +99,8 @@ class OpenAIBackend(OpenAISettings):
             raise BackendUnavailableError(
                 "the OpenAI backend needs the openai package: pip install openai"
             ) from e
+        if urlsplit(self.resolved_base_url()).username is not None:  # userinfo
+            errors.mask_url_passwords_in_logs()
         http = openai.DefaultAsyncHttpxClient(
             event_hooks={"response": [errors._stop_futile_retries]}
         )

@@ -5,6 +5,7 @@ the messages and hints the user sees."""
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -99,6 +100,44 @@ def _scrub_request(request: Any) -> None:
     with contextlib.suppress(Exception):  # a URL type without these
         if url.password:
             request.url = url.copy_with(username=url.username, password="***")
+
+
+#: The loggers of the SDK and its HTTP stacks that may log a request's URL.
+_HTTP_LOGGERS = (
+    "openai",
+    "openai._base_client",
+    "httpx",
+    "httpx2",
+    "httpcore",
+    "httpcore.http11",
+    "httpcore2",
+    "httpcore2.http11",
+)
+
+
+class _MaskUrlPasswords(logging.Filter):
+    """Masks the password of URLs in the records of the SDK's and HTTP stacks'
+    loggers (httpx logs every request's URL, userinfo included)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        with contextlib.suppress(Exception):  # a record that does not format
+            message = record.getMessage()
+            masked = mask_url(message)
+            if masked != message:
+                record.msg, record.args = masked, ()
+        return True
+
+
+_URL_FILTER = _MaskUrlPasswords()
+
+
+def mask_url_passwords_in_logs() -> None:
+    """Install the filter on the SDK's and HTTP stacks' loggers (once; for a
+    ``base_url`` with a password)."""
+    for name in _HTTP_LOGGERS:
+        logger = logging.getLogger(name)
+        if _URL_FILTER not in logger.filters:
+            logger.addFilter(_URL_FILTER)
 
 
 def _not_retriable(body: bytes) -> bool:
