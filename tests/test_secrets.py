@@ -37,6 +37,7 @@ from skllmprob import (
     RequestRejectedError,
     SkllmprobError,
 )
+from skllmprob.backends import Query
 from skllmprob.backends.openai import OpenAIBackend
 from skllmprob.cache import default_cache_path
 from skllmprob.testing import OpenAIStub
@@ -386,6 +387,35 @@ def test_an_unpickled_classifier_says_why_it_has_no_key(monkeypatch):
             ["x"]
         )
     assert "unpickled" not in str(info.value)
+
+
+def test_an_unpickled_backend_refused_by_a_local_server_says_why(stub, monkeypatch):
+    """A server other than OpenAI gets the placeholder when the key was dropped by a
+    pickle; its 401 then says why there is no key."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    backend = OpenAIBackend(
+        "stub-model", base_url=stub.base_url, api_key=KEY, max_retries=0, max_concurrency=1
+    )
+    back = pickle.loads(pickle.dumps(backend))
+    with pytest.raises(RequestRejectedError, match=r"401.*unpickled.*OPENAI_API_KEY") as info:
+        back.complete(TEXTS[:2], Query(top_logprobs=5), on_result=lambda i, c: None)
+    assert stub.requests == 1  # the 401 stops the call
+    assert stub.log[-1]["auth"] == "bearer"  # the placeholder, not the key
+    for part in everything_in(info.value):
+        assert_no_key(part, "the error of an unpickled backend")
+    fresh = OpenAIBackend("stub-model", base_url=stub.base_url, max_retries=0)
+    with pytest.raises(RequestRejectedError) as info:
+        fresh.complete(TEXTS[:1], Query(top_logprobs=5), on_result=lambda i, c: None)
+    assert "unpickled" not in str(info.value)  # never pickled: no such note
+
+
+def test_shared_clients_are_looked_up_by_a_hash_of_the_key(stub, key_source):
+    from skllmprob.backends import base
+
+    make(stub, key_source, cache=False).fit(None, None).predict_proba(TEXTS[:1])
+    keys = [k for k in base._RESOURCES if k and k[0] == "openai-client"]
+    assert keys
+    assert_no_key(repr(keys), "the keys of the shared resources")
 
 
 # ------------------------------------------------------------------ isolation
