@@ -2,9 +2,9 @@
 
 Pure functions: numpy in, numpy out. The classifier uses them in three steps:
 
-1. :func:`resolve_answers` decides what the model should answer for each class: the
-   label itself (its *verbalizer*) or, when labels cannot be told apart by their
-   first token, single-token option codes (``A``, ``B``, ...).
+1. :func:`skllmprob.labels.resolve_answers` decides what the model should answer for
+   each class: the label itself (its *verbalizer*) or, when labels cannot be told
+   apart by their first token, single-token option codes (``A``, ``B``, ...).
 2. :class:`TokenMatcher` maps a returned token to the class whose answer it starts
    (up to case and surrounding whitespace), or to none ("other").
 3. :func:`label_log_mass` sums, per sample, the probability of every token variant
@@ -31,14 +31,20 @@ array([0.6])
 from __future__ import annotations
 
 import os
-import re
 import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .exceptions import ConfigurationError
+# Re-exported: they lived here before skllmprob.labels.
+from .labels import (
+    first_word,
+    labels_collide,
+    normalize_token,
+    option_codes,
+    resolve_answers,
+)
 
 __all__ = [
     "MIN_LOGPROB",
@@ -57,170 +63,6 @@ __all__ = [
 #: Log-probabilities below this are treated as "not returned" (OpenAI sends -9999
 #: for tokens whose probability underflows).
 MIN_LOGPROB = -1000.0
-
-_WORD = re.compile(r"[^\W_]+|[^\w\s]|_", re.UNICODE)
-
-_LETTERS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_DIGITS = tuple("123456789")
-
-
-def normalize_token(token: str) -> str:
-    """Normalize a token or a label for matching: strip whitespace, fold case.
-
-    >>> normalize_token("  Positive\\n")
-    'positive'
-    """
-    return token.strip().casefold()
-
-
-def first_word(answer: str) -> str:
-    """The normalized first word of an answer: what a tokenizer most likely emits
-    first when no tokenizer is at hand.
-
-    Letters and digits form words; ``_`` and punctuation split them.
-
-    >>> first_word(" Sci/Tech")
-    'sci'
-    >>> first_word("card_arrival")
-    'card'
-    >>> first_word("?!")
-    '?'
-    """
-    norm = normalize_token(answer)
-    m = _WORD.search(norm)
-    return m.group(0) if m else norm
-
-
-def labels_collide(answers: Sequence[str], first_tokens: Sequence[Iterable[str]] | None = None):
-    """Find two answers that a first-token reader cannot tell apart.
-
-    Parameters
-    ----------
-    answers : sequence of str
-        The answer of each class.
-    first_tokens : sequence of iterables of str, optional
-        The exact first tokens of each answer's variants, when the backend can
-        tokenize. Without them, :func:`first_word` stands in, and a first word that
-        is a prefix of another class's first word also counts as a collision.
-
-    Returns
-    -------
-    tuple of (int, int) or None
-        The indices of two colliding answers, or ``None``.
-
-    Examples
-    --------
-    >>> labels_collide(["very good", "very bad"])
-    (0, 1)
-    >>> labels_collide(["World", "Sports", "Business", "Sci/Tech"]) is None
-    True
-    >>> labels_collide(["sport", "sports"])
-    (0, 1)
-    """
-    norms = [normalize_token(a) for a in answers]
-    seen: dict[str, int] = {}
-    for i, n in enumerate(norms):
-        if n in seen:
-            return (seen[n], i)
-        seen[n] = i
-    if first_tokens is not None:
-        owner: dict[str, int] = {}
-        for i, toks in enumerate(first_tokens):
-            for t in {normalize_token(t) for t in toks}:
-                if t in owner and owner[t] != i:
-                    return (owner[t], i)
-                owner[t] = i
-        return None
-    words = [first_word(a) for a in answers]
-    for i, wi in enumerate(words):
-        for j, wj in enumerate(words):
-            if i < j and (wi.startswith(wj) or wj.startswith(wi)):
-                return (i, j)
-    return None
-
-
-def option_codes(n_classes: int, style: str = "letters") -> list[str]:
-    """Single-token answer codes for ``n_classes`` options.
-
-    >>> option_codes(3)
-    ['A', 'B', 'C']
-    >>> option_codes(3, "numbers")
-    ['1', '2', '3']
-    """
-    pool = _LETTERS if style == "letters" else _DIGITS
-    if n_classes > len(pool):
-        raise ConfigurationError(
-            f"{n_classes} classes need option codes, but only {len(pool)} single-token "
-            f"{style} codes exist. Give the classes distinct first words (labels="
-            "{label: word}), use fewer classes, or use the local backend, which scores "
-            "whole labels exactly."
-        )
-    return list(pool[:n_classes])
-
-
-def resolve_answers(
-    verbalizers: Sequence[str],
-    *,
-    option_codes_mode: str = "auto",
-    exact: bool = False,
-    first_tokens: Sequence[Iterable[str]] | None = None,
-) -> tuple[list[str], bool]:
-    """Decide what the model should answer for each class.
-
-    Parameters
-    ----------
-    verbalizers : sequence of str
-        The word for each class.
-    option_codes_mode : {"auto", "never", "letters", "numbers"}
-        ``"auto"`` switches to letter codes only when needed; ``"never"`` raises
-        instead; ``"letters"`` and ``"numbers"`` always use codes.
-    exact : bool
-        Whether the backend scores whole answers exactly (then only answers equal up
-        to case and whitespace collide).
-    first_tokens : sequence of iterables of str, optional
-        Exact first tokens per answer, see :func:`labels_collide`.
-
-    Returns
-    -------
-    answers : list of str
-    uses_codes : bool
-
-    Examples
-    --------
-    >>> resolve_answers(["positive", "negative"])
-    (['positive', 'negative'], False)
-    >>> resolve_answers(["very good", "very bad"])
-    (['A', 'B'], True)
-    >>> resolve_answers(["very good", "very bad"], exact=True)
-    (['very good', 'very bad'], False)
-    """
-    verbalizers = list(verbalizers)
-    for v in verbalizers:
-        if not normalize_token(v):
-            raise ConfigurationError(
-                f"label {v!r} is empty or whitespace; the model cannot answer it. Give "
-                "every class a non-empty word (labels={label: word})."
-            )
-    if option_codes_mode in ("letters", "numbers"):
-        return option_codes(len(verbalizers), option_codes_mode), True
-    if exact:
-        norms = [normalize_token(v) for v in verbalizers]
-        clash = next(
-            ((norms.index(n), i) for i, n in enumerate(norms) if norms.index(n) != i), None
-        )
-    else:
-        clash = labels_collide(verbalizers, first_tokens)
-    if clash is None:
-        return verbalizers, False
-    a, b = verbalizers[clash[0]], verbalizers[clash[1]]
-    if option_codes_mode == "never":
-        raise ConfigurationError(
-            f"labels {a!r} and {b!r} start with the same token after lower-casing and "
-            "stripping, so their log-probabilities cannot be told apart. Give them "
-            "distinct words (labels={label: word}) or allow option codes "
-            "(option_codes='auto')."
-        )
-    return option_codes(len(verbalizers)), True
 
 
 class TokenMatcher:
