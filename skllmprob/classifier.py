@@ -13,11 +13,10 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from . import calibration as _cal
-from . import scoring as _scoring
 from ._engine import fetch_completions
 from ._secrets import SecretKey, SecretParam
 from ._validation import as_table, check_sample_weight, check_X, check_y, set_features
-from .backends.base import Backend, Query
+from .backends.base import Backend
 from .cache import open_cache
 from .exceptions import ConfigurationError, InputError
 from .labels import check_pos_label, example_answers, label_spec, sorted_classes
@@ -28,6 +27,7 @@ from .prompts import (
     render_table,
     template_row_fields,
 )
+from .scoring import coverage, make_scorer
 from .usage import UsageTracker
 
 __all__ = ["LogprobClassifier"]
@@ -163,6 +163,10 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         code).
     uses_option_codes_ : bool
         Whether labels were replaced by option codes.
+    scorer_ : skllmprob.scoring.Scorer
+        Turns the backend's completions into class log-masses: exact (the backend
+        scores whole answers) or top-k (summed from the top tokens), chosen in
+        ``fit`` with the first tokens of the answers.
     bias_ : ndarray of shape (n_classes,)
         Offsets added to the normalized log-probabilities, centered to a mean of 0
         (zeros for ``"none"`` and ``"threshold"``).
@@ -407,15 +411,10 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         self.classes_ = sorted_classes(order)
 
         backend = self._make_backend()
-        verbalizers = [words[c] for c in self.classes_]
-        answers, codes = _scoring.resolve_answers(
-            verbalizers,
-            option_codes_mode=self.option_codes,
-            exact=backend.exact,
-            first_tokens=backend.first_tokens(verbalizers),
+        self.scorer_, self.uses_option_codes_ = make_scorer(
+            backend, [words[c] for c in self.classes_], self.option_codes
         )
-        self.answers_ = np.asarray(answers, dtype=object)
-        self.uses_option_codes_ = codes
+        self.answers_ = np.asarray(self.scorer_.answers, dtype=object)
         set_features(self, X, table)
         self.prompt_renderer_ = self._build_renderer(order, words)
         self.usage_ = UsageTracker()
@@ -442,11 +441,8 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         self.other_tokens_ = {}
         if not zero_shot:
             log_mass, floored, completions = self._score_table(table, backend)
-            self.coverage_ = float(_scoring.coverage(log_mass, floored).mean())
-            matcher = self._matcher(backend)
-            other = _scoring.other_token_mass(
-                [c.tokens for c in completions], [c.logprobs for c in completions], matcher
-            )
+            self.coverage_ = float(coverage(log_mass, floored).mean())
+            other = self.scorer_.other_tokens(completions)
             self.other_tokens_ = {
                 t: m / len(completions) for t, m in other.most_common(_N_OTHER_TOKENS)
             }
@@ -543,10 +539,6 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------- scoring
 
-    def _matcher(self, backend: Backend) -> _scoring.TokenMatcher:
-        answers = list(self.answers_)
-        return _scoring.TokenMatcher(answers, backend.first_tokens(answers))
-
     def render_prompts(self, X) -> list[str]:
         """The prompts that would be sent for ``X`` (after ``fit``).
 
@@ -562,10 +554,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         return render_table(self.prompt_renderer_, check_X(self, X))
 
     def _score_prompts(self, prompts: list[str], backend: Backend):
-        query = Query(
-            top_logprobs=int(self.top_logprobs),
-            answers=tuple(self.answers_) if backend.exact else (),
-        )
+        query = self.scorer_.query(self.top_logprobs)
         try:
             completions, usage = fetch_completions(
                 backend, open_cache(self.cache), query, prompts, progress=self.progress
@@ -575,15 +564,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
                 self.usage_.record(e.usage)
             raise
         self.usage_.record(usage)
-        if backend.exact:
-            log_mass = np.vstack([c.answer_logprobs for c in completions])
-            floored = np.zeros(log_mass.shape, dtype=bool)
-        else:
-            log_mass, floored = _scoring.label_log_mass(
-                [c.tokens for c in completions],
-                [c.logprobs for c in completions],
-                self._matcher(backend),
-            )
+        log_mass, floored = self.scorer_.score(completions)
         return log_mass, floored, completions
 
     def _score_table(self, table, backend: Backend):
@@ -681,7 +662,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         log_mass, floored = self._log_mass(X)
-        return _scoring.coverage(log_mass, floored)
+        return coverage(log_mass, floored)
 
     def predict_label_logprobs(self, X):
         """Raw log-probability mass of each class, before renormalization and

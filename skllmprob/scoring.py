@@ -37,6 +37,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from .backends.base import Backend, Completion, Query
+
 # Re-exported: they lived here before skllmprob.labels.
 from .labels import (
     first_word,
@@ -48,11 +50,15 @@ from .labels import (
 
 __all__ = [
     "MIN_LOGPROB",
+    "ExactScorer",
+    "Scorer",
     "TokenMatcher",
+    "TopKScorer",
     "coverage",
     "first_word",
     "label_log_mass",
     "labels_collide",
+    "make_scorer",
     "normalize",
     "normalize_token",
     "option_codes",
@@ -308,3 +314,122 @@ def coverage(log_mass: np.ndarray, floored: np.ndarray | None = None) -> np.ndar
     if floored is not None:
         p = np.where(floored, 0.0, p)
     return np.clip(p.sum(axis=1), 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------- scorers
+
+
+class Scorer:
+    """Completions to class log-masses, for one set of answers; chosen once in
+    ``fit`` by :func:`make_scorer`.
+
+    Top-k backends (:class:`TopKScorer`) return the most likely next tokens, summed
+    per class here; exact backends (:class:`ExactScorer`) return each answer's
+    log-probability themselves. Both match the top tokens to classes for the
+    tokens that are no label (:meth:`other_tokens`). Picklable: the matcher is
+    rebuilt after unpickling.
+
+    Parameters
+    ----------
+    answers : sequence of str
+        What the model answers for each class, in class order.
+    first_tokens : sequence of lists of str, optional
+        The exact first tokens of each answer (see :class:`TokenMatcher`).
+    """
+
+    #: Whether the backend scores whole answers (then they are sent with the query).
+    exact: bool = False
+
+    def __init__(self, answers: Sequence[str], first_tokens=None) -> None:
+        self.answers = tuple(answers)
+        self.first_tokens = first_tokens
+        self._matcher: TokenMatcher | None = None
+
+    @property
+    def matcher(self) -> TokenMatcher:
+        if self._matcher is None:
+            self._matcher = TokenMatcher(self.answers, self.first_tokens)
+        return self._matcher
+
+    def query(self, top_logprobs: int) -> Query:
+        """What to ask the backend for each prompt."""
+        return Query(top_logprobs=int(top_logprobs), answers=self.answers if self.exact else ())
+
+    def score(self, completions: Sequence[Completion]) -> tuple[np.ndarray, np.ndarray]:
+        """``(log_mass, floored)`` of shape (n_samples, n_classes), see
+        :func:`label_log_mass`."""
+        raise NotImplementedError
+
+    def other_tokens(self, completions: Sequence[Completion]) -> Counter:
+        """Summed probability of every non-label top token (:func:`other_token_mass`)."""
+        return other_token_mass(
+            [c.tokens for c in completions], [c.logprobs for c in completions], self.matcher
+        )
+
+    def __getstate__(self) -> dict:
+        return {"answers": self.answers, "first_tokens": self.first_tokens}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["answers"], state["first_tokens"])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(answers={list(self.answers)!r})"
+
+
+class TopKScorer(Scorer):
+    """Class log-masses summed from the top-k next tokens.
+
+    >>> from skllmprob.backends import Completion
+    >>> s = TopKScorer(["yes", "no"])
+    >>> mass, floored = s.score([Completion((" yes", "\\n"), np.log([0.5, 0.25]))])
+    >>> np.exp(mass), floored
+    (array([[0.5 , 0.25]]), array([[False,  True]]))
+    """
+
+    def score(self, completions):
+        return label_log_mass(
+            [c.tokens for c in completions], [c.logprobs for c in completions], self.matcher
+        )
+
+
+class ExactScorer(Scorer):
+    """Class log-masses as the backend computed them (never floored)."""
+
+    exact = True
+
+    def score(self, completions):
+        if not completions:
+            empty = np.empty((0, len(self.answers)))
+            return empty, empty.astype(bool)
+        log_mass = np.vstack([c.answer_logprobs for c in completions])
+        return log_mass, np.zeros(log_mass.shape, dtype=bool)
+
+
+def make_scorer(backend: Backend, verbalizers: Sequence[str], option_codes_mode: str = "auto"):
+    """The scorer for ``backend``, with the answers :func:`resolve_answers` picks.
+
+    Reads ``backend.exact`` and asks the backend for the first tokens of the
+    answers (once per set of answers).
+
+    Returns
+    -------
+    scorer : Scorer
+    uses_codes : bool
+        Whether the answers are option codes.
+
+    Examples
+    --------
+    >>> from skllmprob.backends import DeterministicBackend
+    >>> scorer, codes = make_scorer(DeterministicBackend(), ["very good", "very bad"])
+    >>> scorer, codes
+    (TopKScorer(answers=['A', 'B']), True)
+    """
+    verbalizers = list(verbalizers)
+    exact = bool(backend.exact)
+    first = backend.first_tokens(verbalizers)
+    answers, codes = resolve_answers(
+        verbalizers, option_codes_mode=option_codes_mode, exact=exact, first_tokens=first
+    )
+    if answers != verbalizers:
+        first = backend.first_tokens(answers)
+    return (ExactScorer if exact else TopKScorer)(answers, first), codes
