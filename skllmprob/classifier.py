@@ -28,7 +28,7 @@ from .prompts import (
     template_row_fields,
 )
 from .scoring import coverage, make_scorer
-from .usage import UsageTracker
+from .usage import Usage, UsageTracker
 
 __all__ = ["LogprobClassifier"]
 
@@ -555,15 +555,18 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
 
     def _score_prompts(self, prompts: list[str], backend: Backend):
         query = self.scorer_.query(self.top_logprobs)
-        try:
-            completions, usage = fetch_completions(
-                backend, open_cache(self.cache), query, prompts, progress=self.progress
+        usage = Usage()
+        try:  # also after a failure, usage_ counts what was paid for
+            completions, _ = fetch_completions(
+                backend,
+                open_cache(self.cache),
+                query,
+                prompts,
+                progress=self.progress,
+                usage=usage,
             )
-        except BaseException as e:
-            if getattr(e, "usage", None) is not None:  # requests made before a failure
-                self.usage_.record(e.usage)
-            raise
-        self.usage_.record(usage)
+        finally:
+            self.usage_.record(usage)
         log_mass, floored = self.scorer_.score(completions)
         return log_mass, floored, completions
 

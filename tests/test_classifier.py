@@ -22,7 +22,7 @@ from sklearn.utils import estimator_html_repr
 
 from skllmprob import ConfigurationError, InputError, LogprobClassifier
 from skllmprob.backends import DeterministicBackend
-from skllmprob.exceptions import SkllmprobError
+from skllmprob.exceptions import PartialResultsError, SkllmprobError
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 
@@ -310,3 +310,39 @@ def test_usage_is_recorded(reviews):
     clf2 = make().fit(texts, labels)
     clf2.predict_proba(texts)
     assert clf2.usage_.last.cache_hits == 10 and clf2.usage_.last.requests == 0
+
+
+class _FailsAfter(DeterministicBackend):
+    """Answers the first ``n`` prompts of a batch, then fails."""
+
+    def __init__(self, n=2, **kw):
+        super().__init__(**kw)
+        self.n = n
+
+    def complete(self, prompts, query, *, on_result):
+        def first(i, completion):
+            if i < self.n:
+                on_result(i, completion)
+
+        super().complete(prompts, query, on_result=first)
+        raise PartialResultsError("boom", n_failed=len(prompts) - self.n, n_completed=self.n)
+
+
+def test_usage_of_a_failed_call_is_filled_in_place(reviews):
+    from skllmprob._engine import fetch_completions
+    from skllmprob.backends import Query
+    from skllmprob.cache import NullCache
+    from skllmprob.usage import Usage
+
+    texts, _ = reviews
+    usage = Usage()
+    with pytest.raises(PartialResultsError) as info:
+        fetch_completions(_FailsAfter(2), NullCache(), Query(5), texts[:5], usage=usage)
+    assert (usage.prompts, usage.requests, usage.failed) == (5, 2, 3)
+    assert info.value.n_completed == 2 and not hasattr(info.value, "usage")
+    # The estimator's usage_ counts what the failed call paid for.
+    clf = make(labels=["positive", "negative"], backend=_FailsAfter(3), cache=False)
+    clf.fit(None, None)
+    with pytest.raises(PartialResultsError):
+        clf.predict_proba(texts)
+    assert clf.usage_.last.requests == 3 and clf.usage_.last.failed == 7
