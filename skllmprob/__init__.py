@@ -16,6 +16,7 @@ from .exceptions import (
     RequestRejectedError,
     SkllmprobError,
 )
+from .scores import TextScores
 
 __version__ = "0.1.0"
 
@@ -30,5 +31,6 @@ __all__ = [
     "PartialResultsError",
     "RequestRejectedError",
     "SkllmprobError",
+    "TextScores",
     "__version__",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numbers
 import os
 import warnings
+from dataclasses import replace
 from typing import ClassVar
 
 import numpy as np
@@ -27,6 +28,7 @@ from .prompts import (
     render_table,
     template_row_fields,
 )
+from .scores import TextScores
 from .scoring import coverage, make_scorer
 from .usage import Usage, UsageTracker
 
@@ -440,7 +442,8 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         self.coverage_ = float("nan")
         self.other_tokens_ = {}
         if not zero_shot:
-            log_mass, floored, completions = self._score_table(table, backend)
+            prompts = render_table(self.prompt_renderer_, table)
+            log_mass, floored, completions, _ = self._score_prompts(prompts, backend)
             self.coverage_ = float(coverage(log_mass, floored).mean())
             other = self.scorer_.other_tokens(completions)
             self.other_tokens_ = {
@@ -534,7 +537,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
     def _content_free_log_mass(self) -> np.ndarray:
         """Score the content-free inputs (through the cache)."""
         prompts = content_free_prompts(self.prompt_renderer_, self.content_free)
-        log_mass, _, _ = self._score_prompts(prompts, self._make_backend())
+        log_mass = self._score_prompts(prompts, self._make_backend())[0]
         return log_mass
 
     # ------------------------------------------------------------------- scoring
@@ -553,7 +556,31 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         return render_table(self.prompt_renderer_, check_X(self, X))
 
+    def score_texts(self, X) -> TextScores:
+        """The model's raw class scores of ``X``, from one pass to the backend.
+
+        Every predict method is this pass followed by arithmetic; call it once to
+        get probabilities, decisions, coverage and usage without asking twice.
+
+        Parameters
+        ----------
+        X : sequence of str, 2-D array-like or DataFrame
+
+        Returns
+        -------
+        TextScores
+            ``log_mass``, ``floored``, ``coverage``, ``usage`` and ``raw_proba``;
+            ``calibrator_.predict_proba(scores.log_mass)`` equals
+            :meth:`predict_proba`.
+        """
+        check_is_fitted(self)
+        prompts = render_table(self.prompt_renderer_, check_X(self, X))
+        log_mass, floored, _, usage = self._score_prompts(prompts, self._make_backend())
+        return TextScores.from_log_mass(log_mass, floored, replace(usage))
+
     def _score_prompts(self, prompts: list[str], backend: Backend):
+        """Fetch (through the cache) and score: ``(log_mass, floored, completions,
+        usage)``."""
         query = self.scorer_.query(self.top_logprobs)
         usage = Usage()
         try:  # also after a failure, usage_ counts what was paid for
@@ -568,15 +595,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         finally:
             self.usage_.record(usage)
         log_mass, floored = self.scorer_.score(completions)
-        return log_mass, floored, completions
-
-    def _score_table(self, table, backend: Backend):
-        return self._score_prompts(render_table(self.prompt_renderer_, table), backend)
-
-    def _log_mass(self, X) -> tuple[np.ndarray, np.ndarray]:
-        table = check_X(self, X)
-        log_mass, floored, _ = self._score_table(table, self._make_backend())
-        return log_mass, floored
+        return log_mass, floored, completions, usage
 
     # --------------------------------------------------------------------- cache
 
@@ -621,7 +640,9 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
             Columns in the order of ``classes_``; rows sum to 1.
         """
         check_is_fitted(self)
-        log_mass, _ = self._log_mass(X)
+        return self._proba(self.score_texts(X).log_mass)
+
+    def _proba(self, log_mass: np.ndarray) -> np.ndarray:
         return _cal.apply_offsets(log_mass, self.bias_, self.temperature_)
 
     def predict_log_proba(self, X):
@@ -642,7 +663,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         ndarray of shape (n_samples,)
         """
         check_is_fitted(self)
-        proba = self.predict_proba(X)
+        proba = self._proba(self.score_texts(X).log_mass)
         if self.threshold_ is not None:
             pos = int(np.flatnonzero(self.classes_ == self.pos_label_)[0])
             return self.classes_.take(np.where(proba[:, pos] >= self.threshold_, pos, 1 - pos))
@@ -664,8 +685,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         ndarray of shape (n_samples,)
         """
         check_is_fitted(self)
-        log_mass, floored = self._log_mass(X)
-        return coverage(log_mass, floored)
+        return self.score_texts(X).coverage
 
     def predict_label_logprobs(self, X):
         """Raw log-probability mass of each class, before renormalization and
@@ -682,4 +702,4 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
             returned log-probability stands in (an upper bound).
         """
         check_is_fitted(self)
-        return self._log_mass(X)[0]
+        return self.score_texts(X).log_mass

@@ -20,8 +20,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.utils import estimator_html_repr
 
-from skllmprob import ConfigurationError, InputError, LogprobClassifier
+from skllmprob import ConfigurationError, InputError, LogprobClassifier, TextScores
 from skllmprob.backends import DeterministicBackend
+from skllmprob.calibration import apply_offsets
 from skllmprob.exceptions import PartialResultsError, SkllmprobError
 
 KEY = "sk-test-SECRET-0123456789abcdef"
@@ -346,3 +347,42 @@ def test_usage_of_a_failed_call_is_filled_in_place(reviews):
     with pytest.raises(PartialResultsError):
         clf.predict_proba(texts)
     assert clf.usage_.last.requests == 3 and clf.usage_.last.failed == 7
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_score_texts_is_the_one_pass_behind_every_predict_method(reviews, exact):
+    texts, labels = reviews
+    clf = make(backend=DeterministicBackend(exact=exact), calibration="bias", cache=False)
+    clf.fit(texts, labels)
+    scores = clf.score_texts(texts + texts[:2])
+    assert isinstance(scores, TextScores) and len(scores) == 12
+    assert scores.usage.prompts == 10 and scores.usage.requests == 10
+    assert scores.log_mass.shape == scores.floored.shape == (12, 2)
+    X = texts + texts[:2]
+    np.testing.assert_array_equal(scores.log_mass, clf.predict_label_logprobs(X))
+    np.testing.assert_array_equal(scores.coverage, clf.predict_coverage(X))
+    proba = apply_offsets(scores.log_mass, clf.bias_, clf.temperature_)
+    np.testing.assert_allclose(proba, clf.predict_proba(X))
+    np.testing.assert_array_equal(clf.classes_[proba.argmax(axis=1)], clf.predict(X))
+    raw = clone(clf).set_params(calibration="none").fit(texts, labels).predict_proba(X)
+    np.testing.assert_allclose(scores.raw_proba, raw)
+    with pytest.raises(AttributeError):
+        scores.log_mass = None  # frozen
+
+
+def test_each_predict_method_makes_one_pass(reviews, monkeypatch):
+    from skllmprob import _engine, classifier
+
+    texts, labels = reviews
+    clf = make(cache=False).fit(texts, labels)
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return _engine.fetch_completions(*args, **kwargs)
+
+    monkeypatch.setattr(classifier, "fetch_completions", counting)
+    for method in ("predict", "predict_proba", "predict_log_proba", "predict_coverage"):
+        calls.clear()
+        getattr(clf, method)(texts)
+        assert len(calls) == 1, method
