@@ -13,6 +13,7 @@ from .exceptions import (
     InputError,
     LogprobsUnsupportedError,
     PartialResultsError,
+    RefitRequiredError,
     RequestRejectedError,
     SkllmprobError,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "LogprobClassifier",
     "LogprobsUnsupportedError",
     "PartialResultsError",
+    "RefitRequiredError",
     "RequestRejectedError",
     "SkllmprobError",
     "TextScores",

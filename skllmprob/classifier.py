@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import numbers
 import os
 import warnings
@@ -15,11 +16,12 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import calibration as _cal
 from ._engine import fetch_completions
-from ._secrets import SecretKey, SecretParam
+from ._secrets import SecretKey, SecretParam, mask_url
 from ._validation import as_table, check_sample_weight, check_X, check_y, set_features
+from .backends import make_backend
 from .backends.base import Backend
 from .cache import open_cache
-from .exceptions import ConfigurationError, InputError
+from .exceptions import ConfigurationError, InputError, RefitRequiredError
 from .labels import check_pos_label, example_answers, label_spec, sorted_classes
 from .prompts import (
     DEFAULT_PROMPT,
@@ -37,6 +39,19 @@ __all__ = ["LogprobClassifier"]
 CALIBRATIONS = ("none", "bias", "affine", "threshold", "contextual", "contextual-bias")
 _LABELLED_CALIBRATIONS = ("bias", "affine", "threshold", "contextual-bias")
 _N_OTHER_TOKENS = 20
+# The parameters make_backend takes, and those of them that change the answers.
+_BACKEND_PARAMS = (
+    "backend",
+    "model",
+    "base_url",
+    "api_key",
+    "endpoint",
+    "timeout",
+    "max_retries",
+    "max_concurrency",
+    "backend_options",
+)
+_ANSWER_PARAMS = ("backend", "model", "base_url", "endpoint", "backend_options")
 
 
 class LogprobClassifier(ClassifierMixin, BaseEstimator):
@@ -318,56 +333,35 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
 
     def _make_backend(self) -> Backend:
         """The backend settings object for the current parameters (cheap)."""
-        options = dict(self.backend_options or {})
-        kind = self.backend
-        if isinstance(kind, Backend):
-            if self.model is not None or self.base_url is not None:
-                raise ConfigurationError(
-                    "backend= is a Backend instance, so model= and base_url= are not "
-                    "used; set them on the backend instead."
-                )
-            return kind
-        model = os.fspath(self.model) if self.model is not None else None
-        if kind == "auto":
-            local = model is None and self.base_url is None
-            local = local or (model is not None and model.lower().endswith(".gguf"))
-            kind = "llamacpp" if local else "openai"
-        if kind == "deterministic":
-            from .backends.deterministic import DeterministicBackend
+        settings = {name: getattr(self, name) for name in _BACKEND_PARAMS}
+        if self.api_key is None and getattr(self, "_api_key_dropped", False):
+            settings["api_key"] = SecretKey(None, dropped=True)  # unpickled: key dropped
+        return make_backend(**settings)
 
-            return DeterministicBackend(name=model or "deterministic", **options)
-        if kind == "llamacpp":
-            if self.base_url is not None:
-                raise ConfigurationError(
-                    "base_url is set, but the model is a local llama.cpp model; drop "
-                    "base_url, or give a server model name with backend='openai'."
-                )
-            from .backends.llamacpp import LlamaCppBackend
-
-            return LlamaCppBackend(
-                model_path=model,
-                chat=self.endpoint == "chat",
-                **options,
+    def _fitted_backend(self) -> Backend:
+        """The backend for predictions: the one of ``fit``, with the current runtime
+        settings (timeout, retries, concurrency, key); an error if a parameter that
+        changes the answers was changed since."""
+        fitted = getattr(self, "_answer_settings_", None)
+        changed = [] if fitted is None else [n for n in fitted if self._changed(n, fitted[n])]
+        if changed:
+            was = "; ".join(
+                f"{n}: {mask_url(repr(fitted[n]))} -> {mask_url(repr(getattr(self, n)))}"
+                for n in changed
             )
-        if model is None:
-            raise ConfigurationError(
-                "backend='openai' needs a model name, e.g. model='gpt-4o-mini'."
+            raise RefitRequiredError(
+                f"the backend parameters {changed} changed since fit ({was}), so the "
+                "fitted answers and calibration belong to another backend. Call fit "
+                "again to use the new settings (the cache keeps the answers, so a refit "
+                "only requests prompts it has not seen)."
             )
-        from .backends.openai import OpenAIBackend
+        return self._make_backend()
 
-        api_key = self.api_key
-        if api_key is None and getattr(self, "_api_key_dropped", False):
-            api_key = SecretKey(None, dropped=True)  # unpickled: the key was dropped
-        return OpenAIBackend(
-            model=model,
-            base_url=self.base_url,
-            api_key=api_key,
-            endpoint=self.endpoint,
-            timeout=float(self.timeout),
-            max_retries=int(self.max_retries),
-            max_concurrency=int(self.max_concurrency),
-            **options,
-        )
+    def _changed(self, name: str, fitted) -> bool:
+        now = getattr(self, name)
+        if name == "backend_options":
+            return dict(now or {}) != dict(fitted or {})
+        return type(now) is not type(fitted) or now != fitted
 
     # ----------------------------------------------------------------------- fit
 
@@ -413,6 +407,8 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         self.classes_ = sorted_classes(order)
 
         backend = self._make_backend()
+        self.backend_ = backend
+        self._answer_settings_ = {n: copy.deepcopy(getattr(self, n)) for n in _ANSWER_PARAMS}
         self.scorer_, self.uses_option_codes_ = make_scorer(
             backend, [words[c] for c in self.classes_], self.option_codes
         )
@@ -537,7 +533,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
     def _content_free_log_mass(self) -> np.ndarray:
         """Score the content-free inputs (through the cache)."""
         prompts = content_free_prompts(self.prompt_renderer_, self.content_free)
-        log_mass = self._score_prompts(prompts, self._make_backend())[0]
+        log_mass = self._score_prompts(prompts, self.backend_)[0]
         return log_mass
 
     # ------------------------------------------------------------------- scoring
@@ -575,7 +571,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         prompts = render_table(self.prompt_renderer_, check_X(self, X))
-        log_mass, floored, _, usage = self._score_prompts(prompts, self._make_backend())
+        log_mass, floored, _, usage = self._score_prompts(prompts, self._fitted_backend())
         return TextScores.from_log_mass(log_mass, floored, replace(usage))
 
     def _score_prompts(self, prompts: list[str], backend: Backend):

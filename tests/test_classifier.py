@@ -386,3 +386,62 @@ def test_each_predict_method_makes_one_pass(reviews, monkeypatch):
         calls.clear()
         getattr(clf, method)(texts)
         assert len(calls) == 1, method
+
+
+# ------------------------------------------------------------------ the backend
+
+
+def test_make_backend_auto_rules():
+    from skllmprob.backends import make_backend
+    from skllmprob.backends.llamacpp import LlamaCppBackend
+    from skllmprob.backends.openai import OpenAIBackend
+
+    assert isinstance(make_backend(), LlamaCppBackend)
+    assert isinstance(make_backend(model="models/x.GGUF"), LlamaCppBackend)
+    assert isinstance(make_backend(model="gpt-4o-mini"), OpenAIBackend)
+    assert isinstance(make_backend(base_url="http://localhost:1/v1", model="m"), OpenAIBackend)
+    with pytest.raises(ConfigurationError, match="base_url is set"):
+        make_backend(backend="llamacpp", base_url="http://localhost:1/v1")
+
+
+@pytest.mark.parametrize(
+    ("setting", "shown"),
+    [
+        ({"timeout": 5.0}, "timeout=5.0"),
+        ({"max_retries": 0}, "max_retries=0"),
+        ({"max_concurrency": 2}, "max_concurrency=2"),
+        ({"endpoint": "chat"}, "endpoint='chat'"),
+        ({"backend_options": {"seed": 3}}, "backend_options={'seed': 3}"),
+        ({"api_key": KEY}, "api_key=..."),
+    ],
+)
+def test_backend_instance_rejects_settings_it_would_ignore(setting, shown):
+    clf = make(labels=["a", "b"], **setting)
+    with pytest.raises(ConfigurationError, match="Backend instance") as info:
+        clf.fit(None, None)
+    assert shown in str(info.value) and KEY not in str(info.value)
+
+
+def test_changing_a_backend_parameter_after_fit_needs_a_refit(reviews):
+    from sklearn.exceptions import NotFittedError
+
+    from skllmprob import RefitRequiredError
+
+    texts, labels = reviews
+    clf = LogprobClassifier("a", backend="deterministic", cache=False).fit(texts, labels)
+    assert isinstance(clf.backend_, DeterministicBackend) and clf.backend_.name == "a"
+    before = clf.predict_proba(texts)
+    clf.set_params(timeout=5.0, max_retries=1, max_concurrency=2)  # runtime settings
+    np.testing.assert_array_equal(clf.predict_proba(texts), before)
+    clf.set_params(model="b")
+    with pytest.raises(RefitRequiredError, match=r"\['model'\] changed since fit") as info:
+        clf.predict(texts)
+    assert isinstance(info.value, NotFittedError)
+    assert "model: 'a' -> 'b'" in str(info.value) and "fit again" in str(info.value)
+    clf.set_params(model="a")  # back to what was fitted
+    np.testing.assert_array_equal(clf.predict_proba(texts), before)
+    clf.set_params(model="b", backend_options={"seed": 1}).fit(texts, labels)
+    assert clf.backend_.name == "b" and clf.predict(texts).shape == (10,)
+    clf.set_params(backend_options={"seed": 2})
+    with pytest.raises(RefitRequiredError, match="backend_options"):
+        clf.predict_coverage(texts)
