@@ -1,46 +1,28 @@
-"""Calibration methods as small fitted objects, one class per ``calibration=`` name.
+"""Calibration methods as small fitted objects: one class per ``calibration=`` name.
 
-A calibrator learns, from the class *log-masses* of some samples (see
-:mod:`skllmprob.scoring`) and optionally their labels, how to turn log-masses
-into probabilities and decisions. The maths lives in the pure functions of
-:mod:`skllmprob.calibration`; a calibrator holds the settings of one method, calls
-those functions in ``fit`` and keeps what they return:
+A calibrator learns from the class *log-masses* of samples (see
+:mod:`skllmprob.scoring`), and from their labels if it ``needs_labels``, the
+probabilities ``apply_offsets(log_mass, bias_, temperature_)`` and for
+``"threshold"`` a decision threshold ``threshold_``; the maths stays in
+:mod:`skllmprob.calibration`. :data:`CALIBRATORS` maps names to classes and
+:func:`make_calibrator` builds one by name. A new method is one subclass of
+:class:`Calibrator` decorated with :func:`register_calibrator`.
 
-- ``bias_`` (ndarray of shape (n_classes,)) and ``temperature_`` (float): the
-  probabilities are ``apply_offsets(log_mass, bias_, temperature_)``;
-- ``threshold_`` (float or None): a tuned decision threshold on the probability
-  of one class (``"threshold"`` only).
+Labels are class *indices* into the columns of the log-masses. Without labels
+(zero-shot) ``fit`` gets ``y=None`` (or an empty ``y``), and ``log_mass`` may be
+``None`` when ``classes`` or ``content_free_log_mass`` tells the number of
+classes: ``"none"`` and ``"contextual"`` work so, the others raise.
 
-The registry :data:`CALIBRATORS` maps each name to its class;
-:func:`make_calibrator` builds one by name and checks its settings. A new method is
-one subclass of :class:`Calibrator` with a ``name``, a ``_fit`` and
-``@register_calibrator``.
-
-Labels are class *indices* (``0 .. n_classes - 1``, in the column order of the
-log-masses). A fit without labels (zero-shot) passes ``y=None`` (an empty ``y``
-counts the same); ``log_mass`` may then be ``None`` when the number of classes is
-known from ``classes`` or ``content_free_log_mass``. Methods that learn from labels
-(``needs_labels``) raise :class:`~skllmprob.exceptions.InputError` there.
-
-Examples
---------
 >>> import numpy as np
 >>> log_mass = np.log([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.3, 0.7]])
->>> y = np.array([0, 1, 1, 1])
->>> cal = make_calibrator("bias", alpha=0.3).fit(log_mass, y)
->>> cal.bias_.round(3), cal.temperature_, cal.threshold_
-(array([-0.763,  0.763]), 1.0, None)
->>> cal.predict(log_mass)
-array([0, 1, 1, 1])
->>> make_calibrator("none", classes=["no", "yes"]).fit(None, None).predict_proba(log_mass)
-array([[0.9, 0.1],
-       [0.8, 0.2],
-       [0.6, 0.4],
-       [0.3, 0.7]])
+>>> cal = make_calibrator("bias", alpha=0.3).fit(log_mass, np.array([0, 1, 1, 1]))
+>>> cal.bias_.round(3), cal.temperature_, cal.threshold_, cal.predict(log_mass)
+(array([-0.763,  0.763]), 1.0, None, array([0, 1, 1, 1]))
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import warnings
@@ -75,27 +57,37 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def _outside_stacklevel() -> int:
-    """The ``stacklevel`` of the first caller outside skllmprob, for warnings issued
-    by the function that calls this one."""
+    """The ``stacklevel`` that points a warning of the calling function at the
+    first caller outside skllmprob."""
     frame, level = sys._getframe(1), 1
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         frame, level = frame.f_back, level + 1
     return level
 
 
-class Calibrator(BaseEstimator):
-    """Base class of the calibration methods: the identity (renormalized masses).
+def _as_2d(a, name: str) -> np.ndarray:
+    a = np.asarray(a, dtype=float)
+    if a.ndim != 2:
+        raise InputError(
+            f"{name} must be 2-D (n_samples, n_classes), got shape {a.shape}; reshape a "
+            "single row with .reshape(1, -1)."
+        )
+    return a
 
-    Subclasses set ``name`` (the ``calibration=`` string), ``needs_labels`` and
-    ``needs_content_free``, take their settings as keyword arguments of
-    ``__init__`` (stored unchanged, as in scikit-learn) and override ``_fit``, which
-    sets ``bias_``, ``temperature_`` or ``threshold_``. A calibrator is a
-    scikit-learn estimator, so :func:`sklearn.base.clone` and ``get_params`` work.
+
+class Calibrator(BaseEstimator):
+    """Base class of the calibration methods; by itself the identity.
+
+    A subclass sets the class attributes ``name`` (its ``calibration=`` string),
+    ``needs_labels`` and ``needs_content_free``, takes its settings as keywords of
+    ``__init__`` (stored as given, so ``clone`` and ``get_params`` work) and
+    overrides ``_fit(log_mass, y, sample_weight)`` to set ``bias_``,
+    ``temperature_`` or ``threshold_`` (``y`` is ``None`` without labels).
 
     Parameters
     ----------
     classes : array-like of shape (n_classes,), optional
-        The class labels, only for messages (indices are used without it).
+        The class labels, for messages only (class indices without it).
 
     Attributes
     ----------
@@ -104,33 +96,30 @@ class Calibrator(BaseEstimator):
     temperature_ : float
         Divides the normalized log-probabilities before the offsets.
     threshold_ : float or None
-        A tuned threshold on the probability of one class, or ``None``.
+        A tuned threshold on the probability of one class (``"threshold"``).
     n_classes_ : int
 
     Examples
     --------
-    A new method is one class; the registry then knows its name:
-
-    >>> import numpy as np
     >>> @register_calibrator
-    ... class HalfTemperature(Calibrator):
-    ...     name = "half-temperature"
+    ... class Flatten(Calibrator):
+    ...     name = "flatten"
     ...
     ...     def _fit(self, log_mass, y, sample_weight):
     ...         self.temperature_ = 2.0
-    >>> cal = make_calibrator("half-temperature").fit(np.log([[0.2, 0.8]]), None)
+    >>> cal = make_calibrator("flatten", classes=["a", "b"]).fit(None)
     >>> cal.predict_proba(np.log([[0.2, 0.8]]))
     array([[0.33333333, 0.66666667]])
-    >>> del CALIBRATORS["half-temperature"]
+    >>> del CALIBRATORS["flatten"]
     """
 
     #: The ``calibration=`` string of the method.
     name: ClassVar[str] = ""
-    #: Whether ``fit`` needs labelled samples (``y``).
+    #: Whether ``fit`` needs labelled samples.
     needs_labels: ClassVar[bool] = False
     #: Whether the method needs ``content_free_log_mass``.
     needs_content_free: ClassVar[bool] = False
-    #: What happens to classes without labelled samples (in the warning).
+    #: What becomes of classes without labelled samples (said in the warning).
     _missing_effect: ClassVar[str] = "their offsets stay neutral (0, the mean of all offsets)"
 
     def __init__(self, *, classes=None):
@@ -138,19 +127,13 @@ class Calibrator(BaseEstimator):
 
     @classmethod
     def setting_names(cls) -> tuple[str, ...]:
-        """The keyword arguments the method takes (those of ``__init__``)."""
-        return tuple(cls._get_param_names())
+        """The keyword arguments of ``__init__``, sorted."""
+        return tuple(sorted(p for p in inspect.signature(cls.__init__).parameters if p != "self"))
 
     @classmethod
     def check_task(cls, n_classes: int, *, labelled: bool) -> None:
-        """Raise if the method cannot work on this task (before anything is scored).
-
-        Parameters
-        ----------
-        n_classes : int
-        labelled : bool
-            Whether ``fit`` will get labelled samples.
-        """
+        """Raise if the method cannot serve ``n_classes`` classes, with labels or
+        not (``labelled``); ``fit`` calls it, callers may call it before scoring."""
         if cls.needs_labels and not labelled:
             raise InputError(
                 f"calibration={cls.name!r} learns from labelled samples; pass X and y to "
@@ -163,13 +146,12 @@ class Calibrator(BaseEstimator):
         Parameters
         ----------
         log_mass : array-like of shape (n_samples, n_classes), or None
-            Class log-masses of the samples (any row-wise constant is irrelevant).
-            ``None`` without labels, when ``classes`` or ``content_free_log_mass``
-            tells the number of classes.
+            Class log-masses (a constant added to a row changes nothing). ``None``
+            without labels, when ``classes`` or ``content_free_log_mass`` tells the
+            number of classes.
         y : array-like of int, shape (n_samples,), or None
-            Class indices; ``None`` (or empty) for a fit without labels.
+            Class indices; ``None`` or empty without labels.
         sample_weight : array-like of shape (n_samples,), optional
-            Non-negative weights of the samples.
 
         Returns
         -------
@@ -178,63 +160,43 @@ class Calibrator(BaseEstimator):
         log_mass, y, sample_weight = self._check_fit_input(log_mass, y, sample_weight)
         k = log_mass.shape[1]
         self.check_task(k, labelled=y is not None)
-        self.bias_ = np.zeros(k)
-        self.temperature_ = 1.0
-        self.threshold_ = None
+        self.bias_, self.temperature_, self.threshold_ = np.zeros(k), 1.0, None
         self.n_classes_ = k
         self._fit(log_mass, y, sample_weight)
         return self
 
     def _fit(self, log_mass, y, sample_weight) -> None:
-        """Set the fitted attributes; ``y`` is ``None`` without labels."""
+        """Set the fitted attributes (the identity keeps the defaults)."""
 
     def predict_proba(self, log_mass):
-        """Calibrated probabilities ``apply_offsets(log_mass, bias_, temperature_)``.
-
-        Parameters
-        ----------
-        log_mass : array-like of shape (n_samples, n_classes)
-
-        Returns
-        -------
-        ndarray of shape (n_samples, n_classes)
-            Rows sum to one.
-        """
+        """Calibrated probabilities ``apply_offsets(log_mass, bias_, temperature_)``
+        (n_samples, n_classes) of ``log_mass`` (n_samples, n_classes)."""
         check_is_fitted(self)
-        return _cal.apply_offsets(self._check_columns(log_mass), self.bias_, self.temperature_)
+        log_mass = _as_2d(log_mass, "log_mass")
+        if log_mass.shape[1] != self.n_classes_:
+            raise InputError(
+                f"log_mass has {log_mass.shape[1]} columns but the calibrator was fitted "
+                f"on {self.n_classes_} classes."
+            )
+        return _cal.apply_offsets(log_mass, self.bias_, self.temperature_)
 
     def predict(self, log_mass):
-        """The decided class index of each row (the most probable class).
-
-        Parameters
-        ----------
-        log_mass : array-like of shape (n_samples, n_classes)
-
-        Returns
-        -------
-        ndarray of int, shape (n_samples,)
-        """
+        """The decided class index of each row of ``log_mass``: the most probable."""
         check_is_fitted(self)
         return self.predict_proba(log_mass).argmax(axis=1)
 
-    # ------------------------------------------------------------------ helpers
-
     def _check_fit_input(self, log_mass, y, sample_weight):
-        """``log_mass`` as a 2-D float array, ``y`` as int indices or ``None``, and
-        ``sample_weight`` as ``None`` or one float per row (``None`` without ``y``)."""
-        if y is not None and len(y) == 0:
-            y = None
+        """``log_mass`` 2-D, ``y`` int indices or ``None`` (no labels), and
+        ``sample_weight`` ``None`` or one float per row."""
         if log_mass is None:
-            if y is not None:
+            if y is not None and len(y):
                 raise InputError("y is given but log_mass is None; pass both.")
             log_mass = np.zeros((0, self._implied_n_classes()))
-        log_mass = self._check_2d(log_mass, "log_mass")
-        n, k = log_mass.shape
-        if self.classes is not None and len(self.classes) != k:
-            raise InputError(
-                f"log_mass has {k} columns but there are {len(self.classes)} classes."
-            )
-        if y is None:
+        log_mass = _as_2d(log_mass, "log_mass")
+        (n, k), names = log_mass.shape, self.classes
+        if names is not None and len(names) != k:
+            raise InputError(f"log_mass has {k} columns but there are {len(names)} classes.")
+        if y is None or (n == 0 and len(y) == 0):
             return log_mass, None, None
         y = np.asarray(y)
         if y.shape != (n,):
@@ -252,9 +214,9 @@ class Calibrator(BaseEstimator):
         return log_mass, y, sample_weight
 
     def _implied_n_classes(self) -> int:
-        cf = getattr(self, "content_free_log_mass", None)
-        if cf is not None:
-            return self._check_2d(cf, "content_free_log_mass").shape[1]
+        content_free = getattr(self, "content_free_log_mass", None)
+        if content_free is not None:
+            return _as_2d(content_free, "content_free_log_mass").shape[1]
         if self.classes is not None:
             return len(self.classes)
         raise InputError(
@@ -262,39 +224,14 @@ class Calibrator(BaseEstimator):
             "shape (0, n_classes) or set classes=."
         )
 
-    @staticmethod
-    def _check_2d(a, name: str) -> np.ndarray:
-        a = np.asarray(a, dtype=float)
-        if a.ndim != 2:
-            raise InputError(
-                f"{name} must be 2-D (n_samples, n_classes), got shape {a.shape}; reshape "
-                "a single row with .reshape(1, -1)."
-            )
-        return a
-
-    def _check_columns(self, log_mass) -> np.ndarray:
-        log_mass = self._check_2d(log_mass, "log_mass")
-        if log_mass.shape[1] != self.n_classes_:
-            raise InputError(
-                f"log_mass has {log_mass.shape[1]} columns but the calibrator was fitted "
-                f"on {self.n_classes_} classes."
-            )
-        return log_mass
-
-    def _class_names(self, index: np.ndarray) -> list:
-        if self.classes is None:
-            return index.tolist()
-        if isinstance(self.classes, np.ndarray):
-            return self.classes[index].tolist()
-        return [self.classes[i] for i in index]
-
     def _warn_missing_classes(self, y: np.ndarray, sample_weight) -> None:
-        """Warn when some classes have no labelled sample of positive weight."""
+        """Warn when classes have no labelled sample of positive weight."""
         w = np.ones(len(y)) if sample_weight is None else sample_weight
-        seen = np.bincount(y, weights=w, minlength=self.n_classes_) > 0
-        if seen.all():
+        missing = np.flatnonzero(~(np.bincount(y, weights=w, minlength=self.n_classes_) > 0))
+        if not len(missing):
             return
-        absent = self._class_names(np.flatnonzero(~seen))
+        names = np.arange(self.n_classes_) if self.classes is None else self.classes
+        absent = np.asarray(names, dtype=object)[missing].tolist()  # plain scalars
         warnings.warn(
             f"calibration={self.name!r}: the classes {absent} have no labelled "
             f"sample (of positive weight), so {self._missing_effect}. Add samples of "
@@ -305,24 +242,12 @@ class Calibrator(BaseEstimator):
 
 
 def register_calibrator(cls: type[Calibrator]) -> type[Calibrator]:
-    """Class decorator: add a :class:`Calibrator` subclass to :data:`CALIBRATORS`.
-
-    Parameters
-    ----------
-    cls : type
-        A subclass of :class:`Calibrator` with a non-empty ``name`` not yet
-        registered by another class.
-
-    Returns
-    -------
-    cls
-    """
+    """Class decorator: add ``cls``, a :class:`Calibrator` subclass, to
+    :data:`CALIBRATORS` under ``cls.name`` (a name no other class holds)."""
     if not (isinstance(cls, type) and issubclass(cls, Calibrator)):
         raise TypeError(f"register_calibrator takes a Calibrator subclass, got {cls!r}.")
     if not isinstance(cls.name, str) or not cls.name:
-        raise ConfigurationError(
-            f"{cls.__name__} has no name; set the class attribute name = '...'."
-        )
+        raise ConfigurationError(f"{cls.__name__} has no name; set name = '...' on the class.")
     known = CALIBRATORS.get(cls.name)
     if known is not None and known is not cls:
         raise ConfigurationError(
@@ -346,11 +271,8 @@ def make_calibrator(name: str, **settings) -> Calibrator:
     Returns
     -------
     Calibrator
-
-    Raises
-    ------
-    ConfigurationError
-        For an unknown name or a setting the method does not use.
+        Raises :class:`~skllmprob.exceptions.ConfigurationError` for an unknown
+        name or a setting the method does not use.
 
     Examples
     --------
@@ -368,60 +290,49 @@ settings ['alpha']; it takes ['classes', 'metric', 'pos_index'].
             f"calibration={name!r} is not a known calibration method; choose one of "
             f"{list(CALIBRATORS)}."
         )
-    accepted = cls.setting_names()
-    unused = sorted(set(settings) - set(accepted))
+    unused = sorted(set(settings) - set(cls.setting_names()))
     if unused:
         raise ConfigurationError(
             f"calibration={name!r} does not use the settings {unused}; it takes "
-            f"{sorted(accepted)}."
+            f"{list(cls.setting_names())}."
         )
     return cls(**settings)
 
 
-def _content_free_offsets(calibrator) -> np.ndarray:
+def _content_free_offsets(calibrator: Calibrator) -> np.ndarray:
     """:func:`~skllmprob.calibration.contextual_offsets` of the content-free inputs."""
-    cf = calibrator.content_free_log_mass
-    if cf is None:
+    if calibrator.content_free_log_mass is None:
         raise ConfigurationError(
             f"calibration={calibrator.name!r} needs the log-masses of content-free "
             "inputs; pass content_free_log_mass= of shape (n_inputs, n_classes)."
         )
-    cf = calibrator._check_2d(cf, "content_free_log_mass")
-    if cf.shape[1] != calibrator.n_classes_:
+    content_free = _as_2d(calibrator.content_free_log_mass, "content_free_log_mass")
+    if content_free.shape[1] != calibrator.n_classes_:
         raise InputError(
-            f"content_free_log_mass has {cf.shape[1]} columns but log_mass has "
+            f"content_free_log_mass has {content_free.shape[1]} columns but log_mass has "
             f"{calibrator.n_classes_}."
         )
-    return _cal.contextual_offsets(cf)
+    return _cal.contextual_offsets(content_free)
 
 
 # ------------------------------------------------------------------------ methods
+# Settings: ``alpha`` (float, default 0.3), the L2 penalty of
+# :func:`~skllmprob.calibration.fit_offsets` in units of one sample's log-loss;
+# ``content_free_log_mass`` (array (n_inputs, n_classes)), the class log-masses of
+# the content-free inputs ("N/A", ...); ``classes``, as in :class:`Calibrator`.
 
 
 @register_calibrator
 class NoCalibrator(Calibrator):
-    """``"none"``: the renormalized label probabilities (``bias_`` = 0, ``T`` = 1).
-
-    Works with and without labels (they are not used).
-    """
+    """``"none"``: the renormalized label probabilities; labels are not used."""
 
     name = "none"
 
 
 @register_calibrator
 class BiasCalibrator(Calibrator):
-    """``"bias"``: per-class offsets minimizing the L2-penalized log-loss.
-
-    See :func:`~skllmprob.calibration.fit_offsets`. Classes without a labelled
-    sample get the neutral offset, with a warning.
-
-    Parameters
-    ----------
-    alpha : float, default=0.3
-        Strength of the L2 penalty, in units of one sample's log-loss.
-    classes : array-like of shape (n_classes,), optional
-        The class labels, only for messages.
-    """
+    """``"bias"``: per-class offsets minimizing the L2-penalized log-loss
+    (:func:`~skllmprob.calibration.fit_offsets`); settings ``alpha``, ``classes``."""
 
     name = "bias"
     needs_labels = True
@@ -450,51 +361,32 @@ class BiasCalibrator(Calibrator):
 
 @register_calibrator
 class AffineCalibrator(BiasCalibrator):
-    """``"affine"``: offsets and a shared temperature (``temperature_``).
-
-    Parameters
-    ----------
-    alpha : float, default=0.3
-        Strength of the L2 penalty on the offsets (three times that on the
-        log-temperature).
-    classes : array-like of shape (n_classes,), optional
-        The class labels, only for messages.
-    """
+    """``"affine"``: offsets and a shared temperature (penalized by ``3 * alpha``);
+    settings ``alpha``, ``classes``."""
 
     name = "affine"
     _fit_temperature = True
 
 
 class LabelMetric:
-    """A metric on class labels, as :class:`ThresholdCalibrator` calls it: on booleans.
-
-    ``LabelMetric(metric, positive, negative)(y_true, y_pred)`` is
-    ``metric(labels(y_true), labels(y_pred))`` with ``True`` read as ``positive``,
-    extra keywords (``sample_weight=``) passed on. Unlike a closure, it pickles
+    """``metric(y_true, y_pred, **kwargs)`` on class labels, called with the booleans
+    of the threshold fit (``True``: ``positive``). Unlike a closure, it pickles
     whenever ``metric`` does.
-
-    Parameters
-    ----------
-    metric : callable
-        ``metric(y_true, y_pred, **kwargs)`` on class labels.
-    positive, negative : label
 
     Examples
     --------
-    >>> from sklearn.metrics import f1_score
-    >>> m = LabelMetric(f1_score, "spam", "ham")
-    >>> m.metric is f1_score
-    True
+    >>> from sklearn.metrics import recall_score
+    >>> m = LabelMetric.for_classes(recall_score, np.array(["ham", "spam"]), 1)
+    >>> m(np.array([True, True]), np.array([True, False]), pos_label="spam")
+    0.5
     """
 
     def __init__(self, metric: Callable, positive, negative) -> None:
-        self.metric = metric
-        self.positive = positive
-        self.negative = negative
+        self.metric, self.positive, self.negative = metric, positive, negative
 
     @classmethod
     def for_classes(cls, metric, classes, pos_index: int):
-        """``metric`` itself when it is a name, else its wrapper for ``classes``."""
+        """``metric`` itself if it is a name, else its wrapper for ``classes``."""
         if isinstance(metric, str):
             return metric
         return cls(metric, classes[pos_index], classes[1 - pos_index])
@@ -511,21 +403,19 @@ class LabelMetric:
 class ThresholdCalibrator(Calibrator):
     """``"threshold"``: binary only; a tuned threshold on one class's probability.
 
-    The probabilities stay the renormalized ones; :meth:`predict` decides the
-    class ``pos_index`` where its probability is at least ``threshold_``
-    (see :func:`~skllmprob.calibration.fit_threshold`). When one class has no
-    labelled sample of positive weight, the threshold stays at 0.5, with a warning.
+    The probabilities stay the renormalized ones; :meth:`predict` decides
+    ``pos_index`` where its probability is at least ``threshold_`` (see
+    :func:`~skllmprob.calibration.fit_threshold`). With one class alone among the
+    labelled samples the threshold stays at 0.5, with a warning.
 
     Parameters
     ----------
     pos_index : {0, 1}, default=1
-        The index of the positive class.
+        The column of the positive class.
     metric : str or callable, default="accuracy"
-        A name in :data:`~skllmprob.calibration.THRESHOLD_METRICS`, or
-        ``metric(y_true, y_pred)`` on booleans (``True``: the positive class;
-        :class:`LabelMetric` adapts a metric on class labels).
+        A name in :data:`~skllmprob.calibration.THRESHOLD_METRICS` or
+        ``metric(y_true, y_pred)`` on booleans (see :class:`LabelMetric`).
     classes : array-like of shape (2,), optional
-        The class labels, only for messages.
     """
 
     name = "threshold"
@@ -548,7 +438,7 @@ class ThresholdCalibrator(Calibrator):
         super().check_task(n_classes, labelled=labelled)
 
     def _fit(self, log_mass, y, sample_weight) -> None:
-        if self.pos_index not in (0, 1) or isinstance(self.pos_index, bool):
+        if isinstance(self.pos_index, bool) or self.pos_index not in (0, 1):
             raise ConfigurationError(f"pos_index must be 0 or 1, got {self.pos_index!r}.")
         pos = int(self.pos_index)
         self._warn_missing_classes(y, sample_weight)
@@ -564,37 +454,17 @@ class ThresholdCalibrator(Calibrator):
 
     def predict(self, log_mass):
         """``pos_index`` where its probability is at least ``threshold_``, else the
-        other class.
-
-        Parameters
-        ----------
-        log_mass : array-like of shape (n_samples, 2)
-
-        Returns
-        -------
-        ndarray of int, shape (n_samples,)
-        """
+        other class index."""
         check_is_fitted(self)
         pos = int(self.pos_index)
-        p_pos = self.predict_proba(log_mass)[:, pos]
-        return np.where(p_pos >= self.threshold_, pos, 1 - pos)
+        return np.where(self.predict_proba(log_mass)[:, pos] >= self.threshold_, pos, 1 - pos)
 
 
 @register_calibrator
 class ContextualCalibrator(Calibrator):
-    """``"contextual"``: offsets that make the content-free inputs come out uniform.
-
-    No labels needed (Zhao et al., 2021; see
-    :func:`~skllmprob.calibration.contextual_offsets`); labels, when given, are
-    not used.
-
-    Parameters
-    ----------
-    content_free_log_mass : array-like of shape (n_inputs, n_classes)
-        The class log-masses of the content-free inputs (``"N/A"``, ...).
-    classes : array-like of shape (n_classes,), optional
-        The class labels, only for messages.
-    """
+    """``"contextual"``: offsets that make the content-free inputs come out uniform
+    (:func:`~skllmprob.calibration.contextual_offsets`); labels are not used.
+    Settings ``content_free_log_mass``, ``classes``."""
 
     name = "contextual"
     needs_content_free = True
@@ -609,21 +479,9 @@ class ContextualCalibrator(Calibrator):
 
 @register_calibrator
 class ContextualBiasCalibrator(BiasCalibrator):
-    """``"contextual-bias"``: the contextual offsets, corrected from labelled samples.
-
-    Like ``"bias"``, with the penalty pulling towards the contextual offsets
-    instead of zero; classes without a labelled sample keep their contextual
-    offset (with a warning).
-
-    Parameters
-    ----------
-    alpha : float, default=0.3
-        Strength of the L2 penalty on the correction.
-    content_free_log_mass : array-like of shape (n_inputs, n_classes)
-        The class log-masses of the content-free inputs.
-    classes : array-like of shape (n_classes,), optional
-        The class labels, only for messages.
-    """
+    """``"contextual-bias"``: ``"bias"`` with the penalty pulling towards the
+    contextual offsets instead of zero; settings ``alpha``,
+    ``content_free_log_mass``, ``classes``."""
 
     name = "contextual-bias"
     needs_content_free = True
