@@ -398,3 +398,35 @@ def test_calibrators_clone_and_pickle():
     again = pickle.loads(pickle.dumps(fitted))
     np.testing.assert_array_equal(again.predict_proba(z), fitted.predict_proba(z))
     assert repr(make_calibrator("bias", alpha=2.0)) == "BiasCalibrator(alpha=2.0)"
+
+
+@pytest.mark.parametrize(
+    ("classes", "named"), [(None, "[2]"), (["a", "b", "c"], "['c']"), (np.array([5, 6, 7]), "[7]")]
+)
+def test_the_warning_names_the_missing_classes_as_plain_values(classes, named):
+    z = np.log([[0.5, 0.3, 0.2], [0.2, 0.5, 0.3]])
+    with pytest.warns(UserWarning) as record:
+        make_calibrator("bias", classes=classes).fit(z, np.array([0, 1]))
+    assert f"'bias': the classes {named} have no labelled sample" in str(record[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # zero weights count as absent; none absent: silent
+        make_calibrator("bias").fit(z[:, :2], np.array([0, 1]), [1.0, 2.0])
+    with pytest.warns(UserWarning, match="classes \\[1\\]"):
+        make_calibrator("affine").fit(z[:, :2], np.array([0, 1]), [1.0, 0.0])
+
+
+def test_checks_run_in_the_estimator_order_and_empty_labels_mean_none():
+    # Three classes and no labels: the binary check comes first, as in fit.
+    with pytest.raises(ConfigurationError, match="binary"):
+        ThresholdCalibrator.check_task(3, labelled=False)
+    with pytest.raises(InputError, match="labelled samples"):
+        ThresholdCalibrator.check_task(2, labelled=False)
+    z = np.zeros((3, 2))
+    with pytest.raises(InputError, match="y has shape \\(0,\\), expected \\(3,\\)"):
+        make_calibrator("bias").fit(z, [])  # rows without labels is not zero-shot
+    for method in METHODS:
+        calibrator = CALIBRATORS[method]
+        made = make_calibrator(method, **dict.fromkeys(calibrator.setting_names()))
+        assert type(made) is calibrator and made.get_params() == dict.fromkeys(
+            calibrator.setting_names()
+        )
