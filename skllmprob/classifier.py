@@ -277,7 +277,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         calibration="none",
         scoring="accuracy",
         pos_label=None,
-        calibration_alpha=0.3,
+        calibration_alpha=_cal.DEFAULT_ALPHA,
         content_free=("N/A", "", "[MASK]"),
         backend="auto",
         base_url=None,
