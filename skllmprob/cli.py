@@ -626,7 +626,7 @@ def _resume_hint(run: _Run, e: BaseException, *, interrupted: bool = False) -> s
         return ""  # not a failure of the model, or nothing could be sent at all
     if run.classifier is None:
         return ""
-    usage = getattr(e, "usage", None)  # attached by the library to its errors
+    usage = getattr(getattr(run.classifier, "usage_", None), "last", None)  # this call
     n = usage.requests if usage is not None else None
     if isinstance(e, PartialResultsError):
         n = e.n_completed
