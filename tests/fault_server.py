@@ -212,7 +212,7 @@ def server_goes_away(
         after_failure = audit_cache(path)
         # Which texts does the cache hold now? The keys are computed as the
         # classifier computes them.
-        backend = clf._make_backend()
+        backend = clf.backend_
         keyer = KeyBuilder(
             backend.identity(), backend.request_settings(Query(top_logprobs=clf.top_logprobs))
         )

@@ -56,9 +56,9 @@ from pathlib import Path
 
 from ..backends.base import Completion
 from .claims import ClaimSession, NullSession
-from .codec import DECODE_ERRORS as _DECODE_ERRORS  # noqa: F401 - used by testing.faults
+from .codec import DECODE_ERRORS as _DECODE_ERRORS  # noqa: F401 - used by tests/fault_tools.py
 from .codec import KEY_VERSION, KeyBuilder
-from .codec import decode as _decode  # noqa: F401 - used by tests and testing.faults
+from .codec import decode as _decode  # noqa: F401 - used by tests and tests/fault_tools.py
 from .codec import encode as _encode  # noqa: F401 - used by tests
 from .schema import CACHE_SCHEMA_VERSION
 from .stats import CacheInfo

@@ -184,7 +184,7 @@ def test_completions_endpoint_agrees_with_in_process_llama(model_path):
         usage = clf.usage_.last
     # The completions the server sent, as the classifier cached them.
     cached, again = fetch_completions(
-        clf._make_backend(), open_cache(True), Query(top_logprobs=20), prompts
+        clf.backend_, open_cache(True), Query(top_logprobs=20), prompts
     )
     assert again.cache_hits == len(TEXTS) and again.requests == 0
     tops = [reference.top(p, 20) for p in prompts]  # in the server's order
