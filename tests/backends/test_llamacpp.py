@@ -17,7 +17,12 @@ from sklearn.model_selection import GridSearchCV
 from skllmprob import LogprobClassifier
 from skllmprob.backends import Query, resource_loads
 from skllmprob.backends.llamacpp import LlamaCppBackend, exact, files
-from skllmprob.exceptions import BackendUnavailableError, ConfigurationError, InputError
+from skllmprob.exceptions import (
+    BackendUnavailableError,
+    ConfigurationError,
+    ContextOverflowError,
+    InputError,
+)
 
 local = pytest.mark.local
 
@@ -210,10 +215,33 @@ def test_pickling_never_includes_the_model(llm):
 
 
 @local
-def test_text_longer_than_the_context_is_a_clear_error(backend):
+def test_text_longer_than_the_context_is_a_clear_error(backend, llm):
     long_text = "word " * 1500
-    with pytest.raises(InputError, match=r"n_ctx=1024.*'n_ctx': 2048"):
-        _complete(backend, [_prompt(TEXTS[0]), _prompt(long_text)], Query(3, ("yes", "no")))
+    prompts = [_prompt(TEXTS[0]), _prompt(long_text)]
+    got = {}
+    with pytest.raises(ContextOverflowError) as err:
+        backend.complete(prompts, Query(3, ("yes", "no")), on_result=got.__setitem__)
+    e = err.value
+    assert got == {}  # checked before anything was evaluated
+    assert isinstance(e, ConfigurationError) and isinstance(e, InputError)
+    n = len(llm.prompt_tokens(prompts[1], None))
+    assert (e.prompt, e.n_tokens, e.n_ctx) == (prompts[1], n, 1024)
+    assert e.n_tokens < e.n_needed <= e.suggested_n_ctx == 2048
+    assert e.n_ctx_train == llm.n_ctx_train > 1024
+    msg = str(e)
+    assert msg.startswith(f"a prompt is {n} tokens long") and "n_ctx=1024 tokens" in msg
+    assert "Nothing was evaluated." in msg and repr(prompts[1][-80:]) in msg
+    # The default fix names this backend's own constructor argument.
+    assert msg.endswith(
+        f"Pass a larger context, e.g. LlamaCppBackend(n_ctx=2048) (the model was trained "
+        f"on up to {llm.n_ctx_train}), or shorten the text."
+    )
+    assert "backend_options" not in msg
+    # Whoever offers the setting another way swaps the fix and keeps the rest.
+    other = e.with_fix("Set --backend-option n_ctx=2048 (row 2).")
+    assert type(other) is ContextOverflowError
+    assert str(other) == e.detail + " Set --backend-option n_ctx=2048 (row 2)."
+    assert (other.prompt, other.n_tokens, other.suggested_n_ctx) == (e.prompt, n, 2048)
 
 
 @local
@@ -305,6 +333,44 @@ def test_settings_object_is_cheap_and_validated():
         LlamaCppBackend(n_parallel=0).identity()
     with pytest.raises(ConfigurationError, match="label_prune"):
         LlamaCppBackend(label_prune=2).identity()
+
+
+def test_context_overflow_error_swaps_its_fix_and_survives_pickling():
+    e = ContextOverflowError(
+        "a prompt is 900 tokens long.",
+        "Pass LlamaCppBackend(n_ctx=1024).",
+        prompt="some text",
+        n_tokens=900,
+        n_ctx=512,
+        n_needed=910,
+        suggested_n_ctx=1024,
+    )
+    assert str(e) == "a prompt is 900 tokens long. Pass LlamaCppBackend(n_ctx=1024)."
+    assert (e.detail, e.fix) == (
+        "a prompt is 900 tokens long.",
+        "Pass LlamaCppBackend(n_ctx=1024).",
+    )
+    assert isinstance(e, ConfigurationError) and isinstance(e, InputError)
+    assert isinstance(e, ValueError)
+    swapped = e.with_fix("Pass backend_options={'n_ctx': 1024} (row 7 of X).")
+    assert (
+        str(swapped)
+        == "a prompt is 900 tokens long. Pass backend_options={'n_ctx': 1024} (row 7 of X)."
+    )
+    assert str(e).endswith("LlamaCppBackend(n_ctx=1024).")  # the original is unchanged
+    fields = ("prompt", "n_tokens", "n_ctx", "n_needed", "suggested_n_ctx", "n_ctx_train")
+    for obj in (swapped, pickle.loads(pickle.dumps(swapped))):
+        assert type(obj) is ContextOverflowError
+        assert [getattr(obj, f) for f in fields] == ["some text", 900, 512, 910, 1024, None]
+    back = pickle.loads(pickle.dumps(swapped))
+    assert str(back) == str(swapped) and back.fix == swapped.fix
+    assert str(e.with_fix("")) == "a prompt is 900 tokens long."
+
+    class Sub(ContextOverflowError):
+        pass
+
+    sub = Sub("d", "f", prompt="p", n_tokens=1, n_ctx=1)
+    assert type(sub.with_fix("g")) is Sub and str(sub.with_fix("g")) == "d g"
 
 
 class _FakeVocab:

@@ -80,10 +80,11 @@ Threads and ``max_concurrency``
     decode) and ``n_parallel`` (texts per decode call).
 
 Texts longer than the context
-    A prompt (plus the longest label) that does not fit in ``n_ctx`` tokens is an
-    error, raised before anything is evaluated: it names the prompt, its length
-    and the fix (``backend_options={"n_ctx": ...}`` or shorter texts). Nothing is
-    truncated silently.
+    A prompt (plus the longest label) that does not fit in ``n_ctx`` tokens is a
+    :class:`~skllmprob.exceptions.ContextOverflowError`, raised before anything is
+    evaluated: it names the prompt, its length and the fix (a larger context,
+    ``LlamaCppBackend(n_ctx=...)``, which is ``backend_options={"n_ctx": ...}`` of
+    the classifier, or shorter texts). Nothing is truncated silently.
 
 Text that llama.cpp cannot take
     A prompt must be encodable as UTF-8: a lone surrogate (``"\\ud800"``, left by

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...exceptions import InputError
+from ...exceptions import ContextOverflowError, InputError
 from ..base import Completion, OnResult
 from .exact import AnswerSpec, answer_log_mass, lcp, log_softmax_at, logsumexp, top_k
 from .model import MIN_DECODE_TOKENS, LoadedModel
@@ -55,14 +55,26 @@ def _check_fits(llm: LoadedModel, prompts: list[str], toks: list[list[int]], ext
             raise InputError(f"prompt {i} is empty: there is nothing to score.")
         need = len(t) + extra + MIN_DECODE_TOKENS
         if need > llm.n_ctx:
-            tail = prompts[i][-80:]
-            raise InputError(
-                f"a prompt is {len(t)} tokens long (plus {extra} label tokens), more "
-                f"than the context of n_ctx={llm.n_ctx} tokens holds; it ends with "
-                f"{tail!r}. Pass a larger context, e.g. backend_options={{'n_ctx': "
-                f"{_next_pow2(need)}}} (the model was trained on up to "
-                f"{llm.n_ctx_train}), or shorten the text. Nothing was evaluated."
-            )
+            raise _overflow(llm, prompts[i], len(t), extra, need)
+
+
+def _overflow(llm: LoadedModel, prompt: str, n: int, extra: int, need: int):
+    """The error for a prompt of ``n`` tokens (plus ``extra`` label tokens) that
+    does not fit; its default fix names this backend's own setting."""
+    size = _next_pow2(need)
+    return ContextOverflowError(
+        f"a prompt is {n} tokens long (plus {extra} label tokens), more than the "
+        f"context of n_ctx={llm.n_ctx} tokens holds; it ends with {prompt[-80:]!r}. "
+        "Nothing was evaluated.",
+        f"Pass a larger context, e.g. LlamaCppBackend(n_ctx={size}) (the model was "
+        f"trained on up to {llm.n_ctx_train}), or shorten the text.",
+        prompt=prompt,
+        n_tokens=n,
+        n_ctx=llm.n_ctx,
+        n_needed=need,
+        suggested_n_ctx=size,
+        n_ctx_train=llm.n_ctx_train,
+    )
 
 
 def _shared_prefix(toks: list[list[int]]) -> list[int]:
