@@ -133,6 +133,7 @@ from __future__ import annotations
 #   model       LoadedModel: the model, context, vocabulary and decode calls of a process
 #   evaluation  the prompts of a call: shared prefix, one or several texts per decode
 #   exact       the token sequences of each answer, exact class masses, teacher forcing
+#   threads     the default number of threads (n_threads=None)
 from .exact import MAX_OUTPUTS as MAX_OUTPUTS
 from .files import INSTALL_HINT, default_model_path
 from .files import file_fingerprint as file_fingerprint

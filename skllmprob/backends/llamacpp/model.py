@@ -7,7 +7,6 @@ import contextlib
 import ctypes
 import io
 import logging
-import os
 import threading
 import weakref
 
@@ -16,6 +15,7 @@ import numpy as np
 from ...exceptions import BackendError, BackendUnavailableError, ConfigurationError, InputError
 from .exact import MAX_OUTPUTS, AnswerSpec, build_spec, lcp
 from .files import default_model_path, import_llama_cpp
+from .threads import process_n_threads
 
 __all__ = ["MIN_DECODE_TOKENS", "LoadedModel"]
 
@@ -106,7 +106,7 @@ class LoadedModel:
         # a small output buffer (n_vocab floats per output) saves memory.
         cp.n_outputs_max = MAX_OUTPUTS + settings.n_parallel
         cp.n_outputs_max_per_seq = MAX_OUTPUTS
-        threads = settings.n_threads or max(1, (os.cpu_count() or 2) // 2)
+        threads = settings.n_threads or process_n_threads()
         cp.n_threads = threads
         cp.n_threads_batch = threads
         cp.flash_attn_type = (

@@ -33,9 +33,13 @@ class LlamaCppBackend(Backend):
         Context size in tokens: the longest prompt plus its longest label, plus
         (with ``n_parallel > 1``) room for several texts at once.
     n_threads : int, default=None
-        CPU threads per decode call (``None``: half the logical cores, as
-        llama-cpp-python does; llama.cpp's threads spin while they wait, so more
-        threads than free cores is much slower, not faster).
+        CPU threads per decode call. ``None``: the physical cores among the CPUs
+        this process may use, at most its cgroup CPU quota and ``OMP_NUM_THREADS``
+        (which joblib's workers set to ``cpu_count // n_jobs``, so ``n_jobs``
+        workers take one share each); half the logical CPUs where the topology
+        is unknown (see :mod:`skllmprob.backends.llamacpp.threads`). llama.cpp's
+        threads spin while they wait, so more threads than free cores is much
+        slower, not faster. Not part of the identity: it changes speed only.
     n_batch : int, default=512
         The most tokens per decode call.
     n_parallel : int, default=1
