@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from .exceptions import InputError
+from ..exceptions import InputError
 
 __all__ = ["CsvTable", "check_writable", "display_name", "read_csv", "write_csv"]
 

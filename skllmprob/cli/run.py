@@ -1,0 +1,216 @@
+"""The bookkeeping of one command: messages, the cache, usage, errors and exit codes.
+
+Examples
+--------
+>>> describe(ValueError("bad"))
+'ValueError: bad (run with --traceback for the details)'
+>>> sentence("no such file")
+'no such file.'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import warnings
+from dataclasses import fields
+
+from ..exceptions import BackendError, BackendUnavailableError, SkllmprobError
+from ..usage import Usage
+from .inputs import UsageError
+from .parser import PROG
+
+__all__ = ["Run", "capture_warnings", "describe", "one_line", "resume_hint", "sentence"]
+
+
+def one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def sentence(text: str) -> str:
+    text = text.rstrip()
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def _total(clf) -> Usage:
+    """A copy of ``clf.usage_.total`` (zero before ``fit``)."""
+    copy = Usage()
+    tracker = getattr(clf, "usage_", None)  # set by fit
+    if tracker is not None:
+        copy.add(tracker.total)
+    return copy
+
+
+def _difference(after: Usage, before: Usage) -> Usage:
+    return Usage(
+        **{f.name: getattr(after, f.name) - getattr(before, f.name) for f in fields(Usage)}
+    )
+
+
+class Run:
+    """Streams, options and the bookkeeping of one command."""
+
+    def __init__(self, args, argv, stdin, stdout, stderr) -> None:
+        self.args = args
+        self.argv = list(argv)
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        self.cache_setting: bool | str = True
+        self.cache_is_temporary = False
+        self.stack = contextlib.ExitStack()
+        self._tracked: list[tuple[object, Usage]] = []
+
+    # -- messages ----------------------------------------------------------------
+
+    @property
+    def quiet(self) -> bool:
+        return bool(getattr(self.args, "quiet", False))
+
+    def say(self, message: str) -> None:
+        if not self.quiet:
+            self.stderr.write(f"{PROG}: {message}\n")
+            self.stderr.flush()
+
+    def warn(self, message: str) -> None:
+        if not self.quiet:
+            self.stderr.write(f"{PROG}: warning: {one_line(message)}\n")
+            self.stderr.flush()
+
+    def progress(self):
+        if self.quiet:
+            return False
+        value = getattr(self.args, "progress", None)
+        return "auto" if value is None else bool(value)
+
+    # -- classifiers and their usage ---------------------------------------------
+
+    def track(self, clf) -> None:
+        """Count what ``clf`` does from now on in :attr:`usage`."""
+        self._tracked.append((clf, _total(clf)))
+
+    @property
+    def classifier(self):
+        """The classifier the command uses (``None`` before it is built)."""
+        return self._tracked[-1][0] if self._tracked else None
+
+    @property
+    def usage(self) -> Usage:
+        """What the classifiers of this run did, failed calls included."""
+        total = Usage()
+        for clf, before in self._tracked:
+            total.add(_difference(_total(clf), before))
+        return total
+
+    @contextlib.contextmanager
+    def uncounted(self, clf):
+        """Calls of ``clf`` inside the block are left out of :attr:`usage`."""
+        before = _total(clf)
+        try:
+            yield
+        finally:
+            extra = _difference(_total(clf), before)
+            for tracked, baseline in self._tracked:
+                if tracked is clf:
+                    baseline.add(extra)
+                    break
+
+    # -- the cache -----------------------------------------------------------------
+
+    @property
+    def cache_kept(self) -> bool:
+        """Whether answers outlive the run."""
+        return not (self.cache_is_temporary or self.cache_setting is False)
+
+    def setup_cache(self) -> None:
+        args = self.args
+        if getattr(args, "no_cache", False):
+            if getattr(args, "cache", None):
+                raise UsageError("--cache and --no-cache contradict each other; give one.")
+            folder = self.stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="skllmprob-", ignore_cleanup_errors=True)
+            )
+            # A throw-away file: within the run, each prompt is still sent only once.
+            self.cache_setting = os.path.join(folder, "run.sqlite")
+            self.cache_is_temporary = True
+        elif getattr(args, "cache", None):
+            self.cache_setting = args.cache
+        else:
+            self.cache_setting = True
+
+    def cache_description(self) -> str:
+        if not self.cache_kept:
+            return "cache off"
+        from ..cache import open_cache
+
+        try:
+            info = open_cache(self.cache_setting).info()
+        except Exception:  # statistics must never turn success into failure
+            return "cache unavailable"
+        return f"cache {info.path} ({info.entries} entries)"
+
+    def report_usage(self) -> None:
+        u = self.usage
+        if self.quiet or u.prompts == 0:
+            return
+        self.say(
+            f"{u.prompts} prompts: {u.requests} sent, {u.cache_hits} from the cache"
+            + (f", {u.failed} failed" if u.failed else "")
+            + f"; {u.prompt_tokens} prompt + {u.completion_tokens} completion tokens"
+            + (
+                f" ({u.cached_tokens} of them from the model's prefix cache)"
+                if u.cached_tokens
+                else ""
+            )
+            + (f", {u.saved_tokens} tokens saved by the cache" if u.saved_tokens else "")
+            + f"; {self.cache_description()}"
+        )
+
+
+@contextlib.contextmanager
+def capture_warnings(run: Run):
+    """Show the library's warnings as ``skllmprob: warning: ...`` lines, each once."""
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = one_line(message)
+        if text not in seen:
+            seen.add(text)
+            run.warn(text)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+def describe(e: BaseException) -> str:
+    """An exception as the one line of ``skllmprob: error: ...``."""
+    if isinstance(e, SkllmprobError | ImportError):
+        return one_line(e)
+    if isinstance(e, ValueError) and type(e).__name__ == "InvalidParameterError":
+        return one_line(e)
+    if isinstance(e, OSError) and e.filename:
+        return one_line(f"{e.filename}: {e.strerror or e}")
+    return one_line(f"{type(e).__name__}: {e} (run with --traceback for the details)")
+
+
+def resume_hint(run: Run, e: BaseException, *, interrupted: bool = False) -> str:
+    """What survives a failed run, for failures of the model and interruptions."""
+    if not interrupted and (
+        not isinstance(e, BackendError) or isinstance(e, BackendUnavailableError)
+    ):
+        return ""  # not a failure of the model, or nothing could be sent at all
+    if run.classifier is None:
+        return ""
+    n = run.usage.requests
+    if n == 0:
+        return ""
+    if not run.cache_kept:
+        return " The answers received so far are not kept (no cache)."
+    event = "interruption" if interrupted else "error"
+    noun, verb = ("answer", "is") if n == 1 else ("answers", "are")
+    return (
+        f" The {n} {noun} received before the {event} {verb} in the cache; running the "
+        "same command again sends only the rest."
+    )
