@@ -11,9 +11,10 @@
 Every subcommand builds a :class:`~skllmprob.LogprobClassifier` from its options and
 uses only its public methods. Errors are reported as one line on standard error,
 ``skllmprob: error: ...``, with exit status 1 (2 for a malformed command line, 130
-when interrupted); completions received before an error stay in the cache, so the
-same command run again only sends what is missing. Cache statistics and messages go
-to standard error, CSV output to a file or standard output (``-``).
+when interrupted, 143 when terminated by SIGTERM); completions received before an
+error stay in the cache, so the same command run again only sends what is missing.
+Cache statistics and messages go to standard error, CSV output to a file or standard
+output (``-``).
 
 The package: :mod:`~skllmprob.cli.parser` (the options),
 :mod:`~skllmprob.cli.run` (messages, cache, usage, errors),
@@ -41,11 +42,21 @@ import traceback
 from collections.abc import Sequence
 from typing import TextIO
 
+from .._secrets import mask_url
 from ..exceptions import SkllmprobError
 from .commands import cmd_classify, cmd_fit, cmd_predict
 from .evaluate import cmd_evaluate
-from .parser import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, PROG, build_parser
-from .run import Run, capture_warnings, describe, one_line, resume_hint, sentence
+from .parser import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, PROG, build_parser
+from .run import (
+    Run,
+    Terminated,
+    capture_warnings,
+    describe,
+    handle_sigterm,
+    one_line,
+    resume_hint,
+    sentence,
+)
 
 __all__ = ["main"]
 
@@ -77,7 +88,7 @@ def main(
     -------
     int
         The exit status: 0 on success, 1 on an error, 2 for a malformed command
-        line, 130 when interrupted.
+        line, 130 when interrupted (Ctrl+C), 143 when terminated (SIGTERM).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     stdin = sys.stdin if stdin is None else stdin
@@ -110,15 +121,16 @@ def _execute(run: Run) -> int:
     """Run the subcommand; every failure becomes one line and an exit status."""
     stderr = run.stderr
     try:
-        with capture_warnings(run):
+        with handle_sigterm(), capture_warnings(run):
             with run.stack:
                 run.setup_cache()
                 code = COMMANDS[run.args.command](run)
             run.report_usage()
         return code
-    except KeyboardInterrupt as e:
-        stderr.write(f"{PROG}: interrupted.{resume_hint(run, e, interrupted=True)}\n")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:  # Ctrl+C, or SIGTERM (Terminated)
+        event = "terminated" if isinstance(e, Terminated) else "interrupted"
+        stderr.write(f"{PROG}: {event}.{resume_hint(run, e, interrupted=True)}\n")
+        return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
     except BrokenPipeError:
         with contextlib.suppress(OSError):
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -126,7 +138,7 @@ def _execute(run: Run) -> int:
         return EXIT_ERROR
     except Exception as e:
         if run.args.traceback:
-            traceback.print_exc(file=stderr)
+            stderr.write(mask_url(traceback.format_exc()))
         hint = resume_hint(run, e)
         message = sentence(describe(e)) if hint else describe(e)
         stderr.write(f"{PROG}: error: {message}{hint}\n")

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..exceptions import ConfigurationError, InputError
-from .csvio import CsvTable
+from .csvio import CsvTable, replace_keeping_mode
 from .inputs import UsageError
 from .run import Run
 
@@ -146,7 +146,7 @@ def save_model(clf, run: Run, path: str) -> None:
     os.close(fd)
     try:
         joblib.dump(clf, tmp)
-        os.replace(tmp, target)
+        replace_keeping_mode(tmp, target, None)  # a new model file stays 0600
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

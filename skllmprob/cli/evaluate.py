@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
+from .._secrets import mask_url
 from ..exceptions import InputError
 from . import inputs
 from .csvio import CsvTable, read_csv, write_csv
@@ -240,6 +241,7 @@ def _print_evaluation(run: Run, data: _Data, results, classes) -> None:
 def _about(run: Run, clf) -> list[str]:
     """How the results were made, for the report."""
     u = run.usage
+    command = " ".join([PROG, *map(shlex.quote, run.argv)])
     return [
         f"model: {model_name(clf)}; backend: {backend_name(clf)}",
         f"calibration: {clf.calibration}; prompt: "
@@ -248,7 +250,7 @@ def _about(run: Run, clf) -> list[str]:
         f"requests: {u.requests} sent, {u.cache_hits} answered by the cache; "
         f"{u.prompt_tokens} prompt and {u.completion_tokens} completion tokens",
         "predictions: `predictions.csv`",
-        f"skllmprob {__version__}; command: `{' '.join([PROG, *map(shlex.quote, run.argv)])}`",
+        f"skllmprob {__version__}; command: `{mask_url(command)}`",
     ]
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "EXIT_ERROR",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "EXIT_TERMINATED",
     "EXIT_USAGE",
     "PROG",
     "THRESHOLD_METRICS",
@@ -43,6 +44,7 @@ ZERO_SHOT_CALIBRATIONS = tuple(
 )
 THRESHOLD_METRICS = tuple(_calibration.THRESHOLD_METRICS)
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_TERMINATED = 128 + 15  # SIGTERM, by the same convention as 130 for SIGINT
 
 
 class _Parser(argparse.ArgumentParser):
@@ -378,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Classify text with any LLM that exposes token log-probabilities.",
         epilog="Run 'skllmprob COMMAND --help' for the options of a command. Exit status: "
-        "0 success, 1 error, 2 bad command line, 130 interrupted.",
+        "0 success, 1 error, 2 bad command line, 130 interrupted, 143 terminated.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

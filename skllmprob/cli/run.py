@@ -1,31 +1,61 @@
 """The bookkeeping of one command: messages, the cache, usage, errors and exit codes.
 
+Every message the command writes passes through :func:`one_line`: one line, the
+password of any URL masked, and the library's ``cache=`` settings named as the
+options that set them.
+
 Examples
 --------
 >>> describe(ValueError("bad"))
 'ValueError: bad (run with --traceback for the details)'
 >>> sentence("no such file")
 'no such file.'
+>>> one_line("cannot reach http://bob:pw@host/v1.\\nSet cache= to a path or cache=False.")
+'cannot reach http://bob:***@host/v1. Set --cache to a path or --no-cache.'
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
+import signal
 import tempfile
+import threading
 import warnings
 from dataclasses import fields
 
+from .._secrets import mask_url
 from ..exceptions import BackendError, BackendUnavailableError, SkllmprobError
 from ..usage import Usage
 from .inputs import UsageError
 from .parser import PROG
 
-__all__ = ["Run", "capture_warnings", "describe", "one_line", "resume_hint", "sentence"]
+__all__ = [
+    "Run",
+    "Terminated",
+    "capture_warnings",
+    "describe",
+    "handle_sigterm",
+    "one_line",
+    "resume_hint",
+    "sentence",
+]
+
+# The library's parameters, as the command line spells them.
+_OPTION_WORDING = (
+    (re.compile(r"(?<![\w-])cache=False\b"), "--no-cache"),
+    (re.compile(r"(?<![\w-])cache=(?![\w'\"{(\[])"), "--cache"),
+)
 
 
 def one_line(text: object) -> str:
-    return " ".join(str(text).split())
+    """``text`` as one line of a message (see the module's docstring)."""
+    text = mask_url(" ".join(str(text).split()))
+    for pattern, option in _OPTION_WORDING:
+        text = pattern.sub(option, text)
+    return text
 
 
 def sentence(text: str) -> str:
@@ -61,6 +91,7 @@ class Run:
         self.cache_is_temporary = False
         self.stack = contextlib.ExitStack()
         self._tracked: list[tuple[object, Usage]] = []
+        self._writes_before: int | None = None  # the cache's write count at the start
 
     # -- messages ----------------------------------------------------------------
 
@@ -70,7 +101,7 @@ class Run:
 
     def say(self, message: str) -> None:
         if not self.quiet:
-            self.stderr.write(f"{PROG}: {message}\n")
+            self.stderr.write(f"{PROG}: {mask_url(message)}\n")
             self.stderr.flush()
 
     def warn(self, message: str) -> None:
@@ -89,6 +120,8 @@ class Run:
     def track(self, clf) -> None:
         """Count what ``clf`` does from now on in :attr:`usage`."""
         self._tracked.append((clf, _total(clf)))
+        if self._writes_before is None and self.cache_kept:
+            self._writes_before = self._cache_info("writes") or 0
 
     @property
     def classifier(self):
@@ -139,7 +172,18 @@ class Run:
         else:
             self.cache_setting = True
 
+    def _cache_info(self, name: str):
+        """One field of the cache's ``info()``; ``None`` when it cannot be read."""
+        from ..cache import open_cache
+
+        try:
+            return getattr(open_cache(self.cache_setting).info(), name)
+        except Exception:  # statistics must never turn success into failure
+            return None
+
     def cache_description(self) -> str:
+        """The cache as the summary shows it: its file, its entries, and the answers
+        of this run that it could not store."""
         if not self.cache_kept:
             return "cache off"
         from ..cache import open_cache
@@ -148,6 +192,13 @@ class Run:
             info = open_cache(self.cache_setting).info()
         except Exception:  # statistics must never turn success into failure
             return "cache unavailable"
+        sent = self.usage.requests
+        lost = sent - (info.writes - (self._writes_before or 0))
+        if lost > 0:
+            return (
+                f"cache {info.path} ({info.entries} entries; {lost} of the {sent} answers "
+                "received were not stored)"
+            )
         return f"cache {info.path} ({info.entries} entries)"
 
     def report_usage(self) -> None:
@@ -168,20 +219,62 @@ class Run:
         )
 
 
+class _ToRun(logging.Handler):
+    """Log records of the library, shown as the command's warnings."""
+
+    def __init__(self, show) -> None:
+        super().__init__(logging.WARNING)
+        self.show = show
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.show(record.getMessage())
+        except Exception:  # pragma: no cover - a message must never break the run
+            self.handleError(record)
+
+
 @contextlib.contextmanager
 def capture_warnings(run: Run):
-    """Show the library's warnings as ``skllmprob: warning: ...`` lines, each once."""
+    """Show the library's warnings, and the records of its loggers (``skllmprob``
+    and below) from WARNING up, as ``skllmprob: warning: ...`` lines, each once."""
     seen: set[str] = set()
 
-    def show(message, category, filename, lineno, file=None, line=None):
+    def show(message, category=None, filename=None, lineno=None, file=None, line=None):
         text = one_line(message)
         if text not in seen:
             seen.add(text)
             run.warn(text)
 
-    with warnings.catch_warnings():
-        warnings.showwarning = show
+    logger = logging.getLogger("skllmprob")
+    handler = _ToRun(show)
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            yield
+    finally:
+        logger.removeHandler(handler)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it ends the run as Ctrl+C does."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def handle_sigterm():
+    """Within the block, SIGTERM raises :class:`Terminated` (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
         yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def describe(e: BaseException) -> str:
