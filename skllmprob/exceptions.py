@@ -9,6 +9,8 @@ working.
 
 from __future__ import annotations
 
+from sklearn.exceptions import NotFittedError
+
 __all__ = [
     "BackendError",
     "BackendUnavailableError",
@@ -17,6 +19,7 @@ __all__ = [
     "InputError",
     "LogprobsUnsupportedError",
     "PartialResultsError",
+    "RefitRequiredError",
     "RequestRejectedError",
     "SkllmprobError",
 ]
@@ -32,6 +35,12 @@ class ConfigurationError(SkllmprobError, ValueError):
 
 class InputError(SkllmprobError, ValueError):
     """``X`` or ``y`` holds something the classifier cannot use."""
+
+
+class RefitRequiredError(SkllmprobError, NotFittedError):
+    """A fitted estimator's backend parameters changed since ``fit``: its answers and
+    calibration belong to the old backend until it is fitted again. Also a
+    :class:`sklearn.exceptions.NotFittedError`."""
 
 
 class CacheError(SkllmprobError, RuntimeError):
