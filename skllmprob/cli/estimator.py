@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..exceptions import ConfigurationError, InputError
+from ..exceptions import InputError
 from .csvio import CsvTable, replace_keeping_mode
 from .inputs import UsageError
 from .run import Run
@@ -179,25 +179,16 @@ class Scored:
 
 def score(run: Run, clf, X, *, raw: bool = False) -> Scored:
     """Probabilities, predictions and coverage of ``X`` (and, with ``raw``, the
-    probabilities before calibration)."""
-    proba = clf.predict_proba(X)
-    with run.uncounted(clf):  # answered by the cache
-        pred = clf.predict(X)
-        coverage = clf.predict_coverage(X)
-    return Scored(proba, pred, coverage, _uncalibrated(clf, X) if raw else None)
-
-
-def _uncalibrated(clf, X):
-    """The same answers without calibration (answered by the cache)."""
-    from sklearn.base import clone
-
-    # Without labels=, fit took the classes from y in sorted order: the same prompts.
-    labels = clf.labels if clf.labels is not None else clf.classes_.tolist()
-    raw = clone(clf).set_params(calibration="none", labels=labels).fit(None, None)
-    proba = raw.predict_proba(X)
-    if list(raw.classes_) != list(clf.classes_):  # pragma: no cover - defensive
-        raise ConfigurationError("internal error: classes differ after re-fitting.")
-    return proba
+    probabilities before calibration), from one pass to the backend."""
+    scores = clf.score_texts(X)
+    calibrator = getattr(clf, "calibrator_", None)
+    if calibrator is not None:
+        proba = calibrator.predict_proba(scores.log_mass)
+        pred = clf.classes_[calibrator.predict(scores.log_mass)]
+    else:  # until the estimator exposes calibrator_: passes answered by the cache
+        with run.uncounted(clf):
+            proba, pred = clf.predict_proba(X), clf.predict(X)
+    return Scored(proba, pred, scores.coverage, scores.raw_proba if raw else None)
 
 
 def class_order(labels, classes) -> list:
