@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import numbers
 import os
-import warnings
 from dataclasses import replace
 from typing import ClassVar
 
@@ -21,6 +20,7 @@ from ._validation import as_table, check_sample_weight, check_X, check_y, set_fe
 from .backends import make_backend
 from .backends.base import Backend
 from .cache import open_cache
+from .calibrators import CALIBRATORS, Calibrator, LabelMetric, make_calibrator
 from .exceptions import ConfigurationError, InputError, RefitRequiredError
 from .labels import check_pos_label, example_answers, label_spec, sorted_classes
 from .prompts import (
@@ -36,8 +36,9 @@ from .usage import Usage, UsageTracker
 
 __all__ = ["LogprobClassifier"]
 
-CALIBRATIONS = ("none", "bias", "affine", "threshold", "contextual", "contextual-bias")
-_LABELLED_CALIBRATIONS = ("bias", "affine", "threshold", "contextual-bias")
+#: The names of the built-in calibration methods (see :mod:`skllmprob.calibrators`).
+CALIBRATIONS = tuple(CALIBRATORS)
+_LABELLED_CALIBRATIONS = tuple(n for n, c in CALIBRATORS.items() if c.needs_labels)
 _N_OTHER_TOKENS = 20
 # The parameters make_backend takes, and those of them that change the answers.
 _BACKEND_PARAMS = (
@@ -184,6 +185,15 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         Turns the backend's completions into class log-masses: exact (the backend
         scores whole answers) or top-k (summed from the top tokens), chosen in
         ``fit`` with the first tokens of the answers.
+    calibrator_ : skllmprob.calibrators.Calibrator
+        The fitted calibration method: ``calibrator_.predict_proba(log_mass)`` and
+        ``calibrator_.predict(log_mass)`` (class indices) on the ``log_mass`` of
+        :meth:`score_texts`. The four attributes below are read-only views of it.
+    backend_ : Backend
+        The backend ``fit`` used. Changing a parameter that changes the answers
+        (``backend``, ``model``, ``base_url``, ``endpoint``, ``backend_options``)
+        after ``fit`` makes predictions raise
+        :class:`~skllmprob.exceptions.RefitRequiredError` until ``fit`` runs again.
     bias_ : ndarray of shape (n_classes,)
         Offsets added to the normalized log-probabilities, centered to a mean of 0
         (zeros for ``"none"`` and ``"threshold"``).
@@ -238,7 +248,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         "labels": [list, tuple, np.ndarray, dict, None],
         "prompt": [str, None],
         "examples": [list, tuple, None],
-        "calibration": [StrOptions(set(CALIBRATIONS))],
+        "calibration": [str],  # a name of CALIBRATORS, checked in fit
         "scoring": [StrOptions(set(_cal.THRESHOLD_METRICS)), callable],
         "pos_label": [numbers.Real, str, "boolean", None],
         "calibration_alpha": [Interval(numbers.Real, 0, None, closed="left")],
@@ -267,7 +277,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         calibration="none",
         scoring="accuracy",
         pos_label=None,
-        calibration_alpha=0.3,
+        calibration_alpha=_cal.DEFAULT_ALPHA,
         content_free=("N/A", "", "[MASK]"),
         backend="auto",
         base_url=None,
@@ -383,6 +393,11 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         -------
         self : LogprobClassifier
         """
+        if self.calibration not in CALIBRATORS:  # registered after import, too
+            raise ConfigurationError(
+                "The 'calibration' parameter of LogprobClassifier must be one of "
+                f"{list(CALIBRATORS)}; got {self.calibration!r}."
+            )
         zero_shot = X is None or (hasattr(X, "__len__") and len(X) == 0)
         if zero_shot:
             if self.labels is None:
@@ -417,27 +432,12 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         self.prompt_renderer_ = self._build_renderer(order, words)
         self.usage_ = UsageTracker()
 
-        if self.calibration == "threshold" and len(self.classes_) != 2:
-            raise ConfigurationError(
-                f"calibration='threshold' tunes a binary decision, but there are "
-                f"{len(self.classes_)} classes; use calibration='bias' or 'affine' for "
-                "several classes."
-            )
-        if self.calibration in _LABELLED_CALIBRATIONS and zero_shot:
-            raise InputError(
-                f"calibration={self.calibration!r} learns from labelled samples; pass X "
-                "and y to fit, or use calibration='none' or 'contextual' for zero-shot."
-            )
-        pos_label = check_pos_label(self.pos_label, self.classes_)
-
-        k = len(self.classes_)
-        self.bias_ = np.zeros(k)
-        self.temperature_ = 1.0
-        self.threshold_ = None
-        self.pos_label_ = pos_label if self.calibration == "threshold" else None
+        calibrator = self._make_calibrator(labelled=not zero_shot)
         self.coverage_ = float("nan")
         self.other_tokens_ = {}
+        log_mass, y_idx, sw = None, None, None
         if not zero_shot:
+            sw = check_sample_weight(sample_weight, len(y_arr))
             prompts = render_table(self.prompt_renderer_, table)
             log_mass, floored, completions, _ = self._score_prompts(prompts, backend)
             self.coverage_ = float(coverage(log_mass, floored).mean())
@@ -447,10 +447,9 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
             }
             index = {c: i for i, c in enumerate(self.classes_)}
             y_idx = np.array([index[v] for v in y_arr], dtype=int)
-            sw = check_sample_weight(sample_weight, len(y_idx))
-            self._fit_calibration(log_mass, y_idx, sw)
-        elif self.calibration == "contextual":
-            self._fit_calibration(None, None, None)
+        if calibrator.needs_content_free:
+            calibrator.set_params(content_free_log_mass=self._content_free_log_mass())
+        self.calibrator_ = calibrator.fit(log_mass, y_idx, sw)
         return self
 
     def _build_renderer(self, order: list, words: dict) -> PromptRenderer:
@@ -464,77 +463,47 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         examples = example_answers(self.examples, answer_of, fields)
         return PromptRenderer(template, labels=listed, label_names=names, examples=examples)
 
-    def _fit_calibration(self, log_mass, y_idx, sample_weight) -> None:
-        """Learn ``bias_``, ``temperature_`` or ``threshold_`` (see ``calibration``)."""
-        method = self.calibration
-        if method == "none":
-            return
-        prior = None
-        if method in ("contextual", "contextual-bias"):
-            prior = _cal.contextual_offsets(self._content_free_log_mass())
-            self.bias_ = prior
-            if method == "contextual":
-                return
-        self._warn_missing_classes(y_idx, sample_weight)
-        if method in ("bias", "affine", "contextual-bias"):
-            self.bias_, self.temperature_ = _cal.fit_offsets(
-                log_mass,
-                y_idx,
-                alpha=float(self.calibration_alpha),
-                fit_temperature=method == "affine",
-                sample_weight=sample_weight,
-                prior=prior,
-            )
-        elif method == "threshold":
-            pos = int(np.flatnonzero(self.classes_ == self.pos_label_)[0])
-            p_pos = _cal.apply_offsets(log_mass, self.bias_)[:, pos]
-            is_pos = y_idx == pos
-            w = np.ones(len(y_idx)) if sample_weight is None else sample_weight
-            if not (w[is_pos].sum() > 0 and w[~is_pos].sum() > 0):
-                self.threshold_ = 0.5
-                return
-            self.threshold_ = _cal.fit_threshold(
-                p_pos, is_pos, self._threshold_metric(pos), sample_weight=sample_weight
-            )
-
-    def _warn_missing_classes(self, y_idx, sample_weight) -> None:
-        w = np.ones(len(y_idx)) if sample_weight is None else sample_weight
-        seen = np.bincount(y_idx, weights=w, minlength=len(self.classes_)) > 0
-        if seen.all():
-            return
-        absent = self.classes_[~seen].tolist()
-        if self.calibration == "threshold":
-            effect = "the threshold stays at 0.5"
-        elif self.calibration == "contextual-bias":
-            effect = "their offsets keep the contextual estimate (no correction)"
-        else:
-            effect = "their offsets stay neutral (0, the mean of all offsets)"
-        warnings.warn(
-            f"calibration={self.calibration!r}: the classes {absent} have no labelled "
-            f"sample (of positive weight), so {effect}. Add samples of every class to "
-            "calibrate them.",
-            UserWarning,
-            stacklevel=4,
-        )
-
-    def _threshold_metric(self, pos: int):
-        """``scoring`` for :func:`~skllmprob.calibration.fit_threshold`: a name, or
-        the user's callable on class labels wrapped to take booleans."""
-        metric = self.scoring
-        if isinstance(metric, str):
-            return metric
-        yes, no = self.classes_[pos], self.classes_[1 - pos]
-
-        def on_labels(y_true, y_pred, **kwargs):
-            return metric(np.where(y_true, yes, no), np.where(y_pred, yes, no), **kwargs)
-
-        return on_labels
+    def _make_calibrator(self, *, labelled: bool) -> Calibrator:
+        """The unfitted calibrator of ``calibration``, checked for the task."""
+        name = self.calibration
+        cls = CALIBRATORS[name]
+        cls.check_task(len(self.classes_), labelled=labelled)
+        pos_label = check_pos_label(self.pos_label, self.classes_)
+        wanted = set(cls.setting_names())
+        settings = {"classes": self.classes_, "alpha": float(self.calibration_alpha)}
+        if "pos_index" in wanted:
+            pos = int(np.flatnonzero(self.classes_ == pos_label)[0])
+            settings["pos_index"] = pos
+            settings["metric"] = LabelMetric.for_classes(self.scoring, self.classes_, pos)
+        return make_calibrator(name, **{k: v for k, v in settings.items() if k in wanted})
 
     def _content_free_log_mass(self) -> np.ndarray:
         """Score the content-free inputs (through the cache)."""
         prompts = content_free_prompts(self.prompt_renderer_, self.content_free)
-        log_mass = self._score_prompts(prompts, self.backend_)[0]
-        return log_mass
+        return self._score_prompts(prompts, self.backend_)[0]
+
+    # ------------------------------------------------- views of the calibrator
+
+    @property
+    def bias_(self) -> np.ndarray:
+        """The offsets of ``calibrator_`` (read-only)."""
+        return self.calibrator_.bias_
+
+    @property
+    def temperature_(self) -> float:
+        """The temperature of ``calibrator_`` (read-only)."""
+        return self.calibrator_.temperature_
+
+    @property
+    def threshold_(self) -> float | None:
+        """The decision threshold of ``calibrator_`` (read-only)."""
+        return self.calibrator_.threshold_
+
+    @property
+    def pos_label_(self):
+        """The positive class of ``calibration="threshold"``, else ``None``."""
+        pos = getattr(self.calibrator_, "pos_index", None)
+        return None if pos is None else self.classes_[pos]
 
     # ------------------------------------------------------------------- scoring
 
@@ -636,10 +605,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
             Columns in the order of ``classes_``; rows sum to 1.
         """
         check_is_fitted(self)
-        return self._proba(self.score_texts(X).log_mass)
-
-    def _proba(self, log_mass: np.ndarray) -> np.ndarray:
-        return _cal.apply_offsets(log_mass, self.bias_, self.temperature_)
+        return self.calibrator_.predict_proba(self.score_texts(X).log_mass)
 
     def predict_log_proba(self, X):
         """Logarithm of :meth:`predict_proba`."""
@@ -659,11 +625,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         ndarray of shape (n_samples,)
         """
         check_is_fitted(self)
-        proba = self._proba(self.score_texts(X).log_mass)
-        if self.threshold_ is not None:
-            pos = int(np.flatnonzero(self.classes_ == self.pos_label_)[0])
-            return self.classes_.take(np.where(proba[:, pos] >= self.threshold_, pos, 1 - pos))
-        return self.classes_[proba.argmax(axis=1)]
+        return self.classes_[self.calibrator_.predict(self.score_texts(X).log_mass)]
 
     def predict_coverage(self, X):
         """The probability the model put on any label, per sample (before

@@ -361,9 +361,11 @@ def test_score_texts_is_the_one_pass_behind_every_predict_method(reviews, exact)
     X = texts + texts[:2]
     np.testing.assert_array_equal(scores.log_mass, clf.predict_label_logprobs(X))
     np.testing.assert_array_equal(scores.coverage, clf.predict_coverage(X))
-    proba = apply_offsets(scores.log_mass, clf.bias_, clf.temperature_)
-    np.testing.assert_allclose(proba, clf.predict_proba(X))
-    np.testing.assert_array_equal(clf.classes_[proba.argmax(axis=1)], clf.predict(X))
+    proba = clf.calibrator_.predict_proba(scores.log_mass)
+    np.testing.assert_array_equal(proba, clf.predict_proba(X))
+    np.testing.assert_allclose(proba, apply_offsets(scores.log_mass, clf.bias_))
+    pred = clf.classes_[clf.calibrator_.predict(scores.log_mass)]
+    np.testing.assert_array_equal(pred, clf.predict(X))
     raw = clone(clf).set_params(calibration="none").fit(texts, labels).predict_proba(X)
     np.testing.assert_allclose(scores.raw_proba, raw)
     with pytest.raises(AttributeError):
@@ -445,3 +447,14 @@ def test_changing_a_backend_parameter_after_fit_needs_a_refit(reviews):
     clf.set_params(backend_options={"seed": 2})
     with pytest.raises(RefitRequiredError, match="backend_options"):
         clf.predict_coverage(texts)
+
+
+def test_calibration_attributes_are_read_only_views_of_the_calibrator(reviews):
+    texts, labels = reviews
+    clf = make(calibration="threshold", cache=False).fit(texts, labels)
+    assert clf.threshold_ == clf.calibrator_.threshold_ and clf.pos_label_ == "positive"
+    assert clf.temperature_ == 1.0 and clf.bias_ is clf.calibrator_.bias_
+    for name in ("bias_", "temperature_", "threshold_", "pos_label_"):
+        with pytest.raises(AttributeError):
+            setattr(clf, name, None)
+    assert make(cache=False).fit(texts, labels).pos_label_ is None
