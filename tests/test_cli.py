@@ -771,3 +771,28 @@ def test_a_password_in_base_url_is_never_shown(files, stub):
     md = (files / "rep" / "report.md").read_text()
     assert "bob:***@127.0.0.1" in md
     assert "s3cret" not in (md + out + err).lower()
+
+
+def test_one_pass_per_output(files):
+    # evaluate with a learned calibration: one lookup of each training text (fit) and
+    # one of each test text, whose answers give the calibrated and the uncalibrated
+    # probabilities, the predictions and the coverage; no second pass answered by
+    # the cache, no clone fitted again.
+    cache = files / "c.sqlite"
+    code, out, err = run_main(
+        "evaluate", files / "test.csv", "--train", files / "train.csv", "--cache", cache,
+        "--no-baseline", *DET,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "deterministic, calibration=bias" in out and "calibration=none" in out
+    info = LogprobClassifier(cache=str(cache)).cache_info()
+    assert (info.misses, info.hits) == (len(TRAIN) + len(TEST), 0)
+    # classify, with the prompt evaluate used (its labels in sorted order): one pass,
+    # answered by the cache.
+    code, out, err = run_main(
+        "classify", files / "reviews.csv", "--labels", "negative", "positive",
+        "--cache", cache, *DET,
+    )  # fmt: skip
+    assert code == 0, err
+    info = LogprobClassifier(cache=str(cache)).cache_info()
+    assert (info.misses, info.hits) == (len(TRAIN) + len(TEST), len(TEST))

@@ -56,7 +56,7 @@ def cmd_classify(run: Run) -> int:
         run, labels=labels, prompt=prompt, examples=examples, calibration=args.calibration
     )
     clf.fit(None, None)
-    scored = score(run, clf, X)
+    scored = score(clf, X)
     _write_scored(run, table, clf, scored)
     coverage_note(run, float(np.mean(scored.coverage)))
     return EXIT_OK
@@ -111,7 +111,7 @@ def cmd_predict(run: Run) -> int:
     check_output_columns(table, class_order(clf.labels, clf.classes_))
     check_writable(args.output)
     use_loaded(run, clf)
-    scored = score(run, clf, X)
+    scored = score(clf, X)
     _write_scored(run, table, clf, scored)
     coverage_note(run, float(np.mean(scored.coverage)), clf)
     return EXIT_OK

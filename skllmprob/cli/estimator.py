@@ -177,17 +177,12 @@ class Scored:
     raw: np.ndarray | None = None  # the probabilities before calibration
 
 
-def score(run: Run, clf, X, *, raw: bool = False) -> Scored:
+def score(clf, X, *, raw: bool = False) -> Scored:
     """Probabilities, predictions and coverage of ``X`` (and, with ``raw``, the
     probabilities before calibration), from one pass to the backend."""
     scores = clf.score_texts(X)
-    calibrator = getattr(clf, "calibrator_", None)
-    if calibrator is not None:
-        proba = calibrator.predict_proba(scores.log_mass)
-        pred = clf.classes_[calibrator.predict(scores.log_mass)]
-    else:  # until the estimator exposes calibrator_: passes answered by the cache
-        with run.uncounted(clf):
-            proba, pred = clf.predict_proba(X), clf.predict(X)
+    proba = clf.calibrator_.predict_proba(scores.log_mass)
+    pred = clf.classes_[clf.calibrator_.predict(scores.log_mass)]
     return Scored(proba, pred, scores.coverage, scores.raw_proba if raw else None)
 
 

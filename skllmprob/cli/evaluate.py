@@ -140,7 +140,7 @@ def _results(run: Run, clf, data: _Data):
     from ..report import Evaluated
 
     calibration = clf.calibration
-    scored = score(run, clf, data.X_test, raw=calibration != "none")
+    scored = score(clf, data.X_test, raw=calibration != "none")
     name = model_name(clf)
     results = [
         Evaluated(

@@ -21,6 +21,7 @@ from typing import Any
 from .. import __version__
 from .. import calibration as _calibration
 from .. import classifier as _classifier
+from ..calibrators import CALIBRATORS
 
 __all__ = [
     "CALIBRATIONS",
@@ -39,9 +40,7 @@ __all__ = [
 PROG = "skllmprob"
 # The choices follow the estimator, so that a new calibration is a new option value.
 CALIBRATIONS = tuple(_classifier.CALIBRATIONS)
-ZERO_SHOT_CALIBRATIONS = tuple(
-    c for c in CALIBRATIONS if c not in _classifier._LABELLED_CALIBRATIONS
-)
+ZERO_SHOT_CALIBRATIONS = tuple(c for c in CALIBRATIONS if not CALIBRATORS[c].needs_labels)
 THRESHOLD_METRICS = tuple(_calibration.THRESHOLD_METRICS)
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_TERMINATED = 128 + 15  # SIGTERM, by the same convention as 130 for SIGINT

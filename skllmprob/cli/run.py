@@ -136,19 +136,6 @@ class Run:
             total.add(_difference(_total(clf), before))
         return total
 
-    @contextlib.contextmanager
-    def uncounted(self, clf):
-        """Calls of ``clf`` inside the block are left out of :attr:`usage`."""
-        before = _total(clf)
-        try:
-            yield
-        finally:
-            extra = _difference(_total(clf), before)
-            for tracked, baseline in self._tracked:
-                if tracked is clf:
-                    baseline.add(extra)
-                    break
-
     # -- the cache -----------------------------------------------------------------
 
     @property
