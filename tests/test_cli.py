@@ -224,9 +224,9 @@ def test_failure_loses_nothing_and_the_rerun_resumes(files):
     assert f"{len(TEST)} prompts: {len(TEST) - 3} sent, 3 from the cache" in again.stderr
 
 
-def test_interrupt_keeps_the_answers_received(files):
-    cache = Path(os.environ["SKLLMPROB_CACHE_DIR"]) / "completions.sqlite"
-    args = ["classify", "test.csv", "--labels", "positive", "negative", *DET, "-o", "o.csv"]
+def stop_after_two_answers(files, args, cache: Path, sig) -> tuple[int, str]:
+    """Run the script with slow answers, send ``sig`` once two answers are in the
+    cache; its exit status and standard error."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [*script_command(), *args, "--backend-option", "latency=0.2"],
@@ -245,9 +245,16 @@ def test_interrupt_keeps_the_answers_received(files):
                 contextlib.suppress(sqlite3.OperationalError),
             ):
                 done = db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    return proc.returncode, err
+
+
+def test_interrupt_keeps_the_answers_received(files):
+    cache = Path(os.environ["SKLLMPROB_CACHE_DIR"]) / "completions.sqlite"
+    args = ["classify", "test.csv", "--labels", "positive", "negative", *DET, "-o", "o.csv"]
+    code, err = stop_after_two_answers(files, args, cache, signal.SIGINT)
+    assert code == 130, err
     m = re.fullmatch(
         r"skllmprob: interrupted\. The (\d+) answers received before the interruption are "
         r"in the cache; running the same command again sends only the rest\.\n",
@@ -709,27 +716,8 @@ def test_sigterm_is_handled_like_sigint(files):
     cache = files / "c.sqlite"
     args = ["classify", "test.csv", "--labels", "positive", "negative", *DET, "-o", "o.csv"]
     args += ["--cache", str(cache)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [*script_command(), *args, "--backend-option", "latency=0.2"],
-        cwd=files,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    deadline = time.monotonic() + 60
-    done = 0
-    while done < 2 and time.monotonic() < deadline:  # wait for two answers
-        time.sleep(0.1)
-        if cache.exists():
-            with (
-                contextlib.closing(sqlite3.connect(cache)) as db,
-                contextlib.suppress(sqlite3.OperationalError),
-            ):
-                done = db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM, err
+    code, err = stop_after_two_answers(files, args, cache, signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, err
     m = re.fullmatch(
         r"skllmprob: terminated\. The (\d+) answers received before the interruption are "
         r"in the cache; running the same command again sends only the rest\.\n",
