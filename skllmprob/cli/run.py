@@ -121,7 +121,8 @@ class Run:
         """Count what ``clf`` does from now on in :attr:`usage`."""
         self._tracked.append((clf, _total(clf)))
         if self._writes_before is None and self.cache_kept:
-            self._writes_before = self._cache_info("writes") or 0
+            info = self._cache_info()
+            self._writes_before = info.writes if info is not None else 0
 
     @property
     def classifier(self):
@@ -159,12 +160,12 @@ class Run:
         else:
             self.cache_setting = True
 
-    def _cache_info(self, name: str):
-        """One field of the cache's ``info()``; ``None`` when it cannot be read."""
+    def _cache_info(self):
+        """The cache's ``info()``; ``None`` when it cannot be read."""
         from ..cache import open_cache
 
         try:
-            return getattr(open_cache(self.cache_setting).info(), name)
+            return open_cache(self.cache_setting).info()
         except Exception:  # statistics must never turn success into failure
             return None
 
@@ -173,11 +174,8 @@ class Run:
         of this run that it could not store."""
         if not self.cache_kept:
             return "cache off"
-        from ..cache import open_cache
-
-        try:
-            info = open_cache(self.cache_setting).info()
-        except Exception:  # statistics must never turn success into failure
+        info = self._cache_info()
+        if info is None:
             return "cache unavailable"
         sent = self.usage.requests
         lost = sent - (info.writes - (self._writes_before or 0))
