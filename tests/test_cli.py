@@ -25,7 +25,7 @@ import joblib
 import numpy as np
 import pytest
 
-from skllmprob import LogprobClassifier, LogprobsUnsupportedError
+from skllmprob import InputError, LogprobClassifier, LogprobsUnsupportedError
 from skllmprob.backends import DeterministicBackend
 from skllmprob.cli import main
 from skllmprob.demo import REVIEWS
@@ -784,3 +784,21 @@ def test_one_pass_per_output(files):
     assert code == 0, err
     info = LogprobClassifier(cache=str(cache)).cache_info()
     assert (info.misses, info.hits) == (len(TRAIN) + len(TEST), len(TEST))
+
+
+def test_context_overflow_advice_names_the_option(files, monkeypatch):
+    # The advice of a backend whose context is too small, as the command line takes it.
+    def too_long(self, prompts, query, *, on_result):
+        raise InputError(
+            "a prompt is 5000 tokens long (plus 1 label tokens), more than the context of "
+            "n_ctx=4096 tokens holds; it ends with 'Answer:'. Pass a larger context, e.g. "
+            "backend_options={'n_ctx': 8192} (the model was trained on up to 32768), or "
+            "shorten the text. Nothing was evaluated."
+        )
+
+    monkeypatch.setattr(DeterministicBackend, "complete", too_long)
+    code, out, err = run_main("classify", files / "reviews.csv", "--labels", "a", "b", *DET)
+    assert code == 1 and out == ""
+    line = error_line(err)
+    assert "Pass a larger context, e.g. --backend-option n_ctx=8192 (the model" in line
+    assert "backend_options" not in line

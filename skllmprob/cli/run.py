@@ -1,8 +1,9 @@
 """The bookkeeping of one command: messages, the cache, usage, errors and exit codes.
 
 Every message the command writes passes through :func:`one_line`: one line, the
-password of any URL masked, and the library's ``cache=`` settings named as the
-options that set them.
+password of any URL masked, and the library's ``cache=`` and ``backend_options=``
+settings named as the options that set them (``--cache``, ``--no-cache``,
+``--backend-option KEY=VALUE``).
 
 Examples
 --------
@@ -12,6 +13,10 @@ Examples
 'no such file.'
 >>> one_line("cannot reach http://bob:pw@host/v1.\\nSet cache= to a path or cache=False.")
 'cannot reach http://bob:***@host/v1. Set --cache to a path or --no-cache.'
+>>> one_line("Pass a larger context, e.g. backend_options={'n_ctx': 4096}.")
+'Pass a larger context, e.g. --backend-option n_ctx=4096.'
+>>> one_line("Set backend_options={'max_tokens_param': 'max_tokens'}.")
+'Set --backend-option max_tokens_param=max_tokens.'
 """
 
 from __future__ import annotations
@@ -47,6 +52,14 @@ __all__ = [
 _OPTION_WORDING = (
     (re.compile(r"(?<![\w-])cache=False\b"), "--no-cache"),
     (re.compile(r"(?<![\w-])cache=(?![\w'\"{(\[])"), "--cache"),
+    # backend_options={'n_ctx': 8192} (one key) -> --backend-option n_ctx=8192
+    (
+        re.compile(
+            r"(?<![\w-])backend_options=\{\s*['\"](\w+)['\"]:\s*['\"]?([^{}'\",]*?)['\"]?\s*\}"
+        ),
+        r"--backend-option \1=\2",
+    ),
+    (re.compile(r"(?<![\w-])backend_options=(?![\w'\"{(\[])"), "--backend-option"),
 )
 
 
