@@ -18,7 +18,14 @@ from sklearn.utils.validation import validate_data
 
 from .exceptions import InputError
 
-__all__ = ["as_table", "check_X", "check_sample_weight", "check_y", "set_features"]
+__all__ = [
+    "as_table",
+    "check_X",
+    "check_fit_input",
+    "check_sample_weight",
+    "check_y",
+    "set_features",
+]
 
 
 def is_missing(value: object) -> bool:
@@ -202,7 +209,7 @@ def check_y(y: Any, n: int) -> np.ndarray:
                 "A column-vector y was passed when a 1d array was expected; pass a "
                 "1-D array of labels.",
                 category=DataConversionWarning,
-                stacklevel=3,
+                stacklevel=5,  # the caller of fit
             )
             y_arr = y_arr.ravel()
         else:
@@ -287,3 +294,30 @@ def check_X(estimator, X) -> _Table:
             f"expecting {expected} features as input."
         )
     return table
+
+
+def check_fit_input(X, y, *, labels_given: bool) -> tuple[bool, _Table | None, np.ndarray]:
+    """``(zero_shot, table, y)`` of ``fit(X, y)``: zero-shot when ``X`` is ``None`` or
+    empty (then ``labels`` must be given and ``y`` empty; ``table`` is ``None``
+    without ``X``)."""
+    zero_shot = X is None or (hasattr(X, "__len__") and len(X) == 0)
+    if zero_shot:
+        if not labels_given:
+            raise InputError(
+                "zero-shot fit needs labels: LogprobClassifier(labels=[...])"
+                ".fit(None, None); or pass labelled X and y."
+            )
+        if y is not None and len(y) != 0:
+            raise InputError("X is empty but y is not; pass both or neither.")
+        # An empty table still tells the columns to expect.
+        table = None if X is None else as_table(X)
+        y_arr = np.empty(0, dtype=object)
+    else:
+        if y is None:
+            raise InputError(
+                "LogprobClassifier requires y to be passed, but the target y is None."
+                " For zero-shot use call fit(None, None) with labels=[...]."
+            )
+        table = as_table(X)
+        y_arr = check_y(y, len(table))
+    return zero_shot, table, y_arr

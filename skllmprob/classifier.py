@@ -15,13 +15,13 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import calibration as _cal
 from ._engine import fetch_completions
-from ._secrets import SecretKey, SecretParam, mask_url
-from ._validation import as_table, check_sample_weight, check_X, check_y, set_features
-from .backends import make_backend
+from ._secrets import SecretKey, SecretParam
+from ._validation import check_fit_input, check_sample_weight, check_X, set_features
 from .backends.base import Backend
+from .backends.factory import ANSWER_SETTINGS, check_unchanged, make_backend
 from .cache import open_cache
 from .calibrators import CALIBRATORS, Calibrator, LabelMetric, make_calibrator
-from .exceptions import ConfigurationError, InputError, RefitRequiredError
+from .exceptions import ConfigurationError
 from .labels import check_pos_label, example_answers, label_spec, sorted_classes
 from .prompts import (
     DEFAULT_PROMPT,
@@ -40,7 +40,7 @@ __all__ = ["LogprobClassifier"]
 CALIBRATIONS = tuple(CALIBRATORS)
 _LABELLED_CALIBRATIONS = tuple(n for n, c in CALIBRATORS.items() if c.needs_labels)
 _N_OTHER_TOKENS = 20
-# The parameters make_backend takes, and those of them that change the answers.
+# The parameters make_backend takes.
 _BACKEND_PARAMS = (
     "backend",
     "model",
@@ -52,7 +52,6 @@ _BACKEND_PARAMS = (
     "max_concurrency",
     "backend_options",
 )
-_ANSWER_PARAMS = ("backend", "model", "base_url", "endpoint", "backend_options")
 
 
 class LogprobClassifier(ClassifierMixin, BaseEstimator):
@@ -349,29 +348,13 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         return make_backend(**settings)
 
     def _fitted_backend(self) -> Backend:
-        """The backend for predictions: the one of ``fit``, with the current runtime
-        settings (timeout, retries, concurrency, key); an error if a parameter that
-        changes the answers was changed since."""
+        """The backend for predictions, with the current runtime settings (timeout,
+        retries, concurrency, key); an error if a parameter that changes the
+        answers was changed since ``fit``."""
         fitted = getattr(self, "_answer_settings_", None)
-        changed = [] if fitted is None else [n for n in fitted if self._changed(n, fitted[n])]
-        if changed:
-            was = "; ".join(
-                f"{n}: {mask_url(repr(fitted[n]))} -> {mask_url(repr(getattr(self, n)))}"
-                for n in changed
-            )
-            raise RefitRequiredError(
-                f"the backend parameters {changed} changed since fit ({was}), so the "
-                "fitted answers and calibration belong to another backend. Call fit "
-                "again to use the new settings (the cache keeps the answers, so a refit "
-                "only requests prompts it has not seen)."
-            )
+        if fitted is not None:
+            check_unchanged(fitted, {n: getattr(self, n) for n in fitted})
         return self._make_backend()
-
-    def _changed(self, name: str, fitted) -> bool:
-        now = getattr(self, name)
-        if name == "backend_options":
-            return dict(now or {}) != dict(fitted or {})
-        return type(now) is not type(fitted) or now != fitted
 
     # ----------------------------------------------------------------------- fit
 
@@ -398,32 +381,13 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
                 "The 'calibration' parameter of LogprobClassifier must be one of "
                 f"{list(CALIBRATORS)}; got {self.calibration!r}."
             )
-        zero_shot = X is None or (hasattr(X, "__len__") and len(X) == 0)
-        if zero_shot:
-            if self.labels is None:
-                raise InputError(
-                    "zero-shot fit needs labels: LogprobClassifier(labels=[...])"
-                    ".fit(None, None); or pass labelled X and y."
-                )
-            if y is not None and len(y) != 0:
-                raise InputError("X is empty but y is not; pass both or neither.")
-            # An empty table still tells the columns to expect.
-            table = None if X is None else as_table(X)
-            y_arr = np.empty(0, dtype=object)
-        else:
-            if y is None:
-                raise InputError(
-                    "LogprobClassifier requires y to be passed, but the target y is None."
-                    " For zero-shot use call fit(None, None) with labels=[...]."
-                )
-            table = as_table(X)
-            y_arr = check_y(y, len(table))
+        zero_shot, table, y_arr = check_fit_input(X, y, labels_given=self.labels is not None)
         order, words = label_spec(self.labels, y_arr)
         self.classes_ = sorted_classes(order)
 
         backend = self._make_backend()
         self.backend_ = backend
-        self._answer_settings_ = {n: copy.deepcopy(getattr(self, n)) for n in _ANSWER_PARAMS}
+        self._answer_settings_ = {n: copy.deepcopy(getattr(self, n)) for n in ANSWER_SETTINGS}
         self.scorer_, self.uses_option_codes_ = make_scorer(
             backend, [words[c] for c in self.classes_], self.option_codes
         )

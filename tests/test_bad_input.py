@@ -3,6 +3,8 @@ inside numpy or a backend. Hypothesis drives the texts and the labels."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -387,3 +389,31 @@ def test_local_labels_that_differ_only_by_case(local_model):
     np.testing.assert_allclose(proba.sum(), 1.0)
     with pytest.raises(ConfigurationError, match="cannot be told apart"):
         local_clf(labels=["Good", "good"], option_codes="never")
+
+
+def test_two_classes_mapped_to_the_same_word_are_rejected():
+    for labels in ({"a": "positive", "b": "positive"}, {"a": "Positive", "b": " positive"}):
+        with pytest.raises(ConfigurationError) as info:
+            zero_shot(labels=labels)
+        message = str(info.value)
+        assert "'a' and 'b'" in message and "same word 'positive'" in message
+
+
+@pytest.mark.parametrize(
+    ("y", "hint"),
+    [
+        ([0, 1, 1, 0], "labels={1: 'positive', 0: 'negative'}"),
+        (np.array([True, False, True, False]), "labels={True: 'positive', False: 'negative'}"),
+    ],
+)
+def test_numeric_or_boolean_labels_without_words_warn(y, hint):
+    texts = ["a gem", "a mess", "lovely", "dull"]
+    with pytest.warns(UserWarning, match="numbers or booleans without words") as record:
+        LogprobClassifier(backend=DeterministicBackend(), cache=False).fit(texts, y)
+    assert hint in str(record[0].message)
+    assert record[0].filename == __file__  # points at the caller of fit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LogprobClassifier(
+            labels={1: "positive", 0: "negative"}, backend=DeterministicBackend(), cache=False
+        ).fit(texts, [0, 1, 1, 0])

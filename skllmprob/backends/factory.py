@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 
-from ..exceptions import ConfigurationError
+from .._secrets import mask_url
+from ..exceptions import ConfigurationError, RefitRequiredError
 from .base import Backend
 
-__all__ = ["BACKEND_DEFAULTS", "make_backend"]
+__all__ = ["ANSWER_SETTINGS", "BACKEND_DEFAULTS", "check_unchanged", "make_backend"]
 
 #: The defaults of the settings that :func:`make_backend` passes to the backend it
 #: builds (the estimator's defaults). A :class:`Backend` instance is used as is, so
@@ -20,6 +21,10 @@ BACKEND_DEFAULTS = {
     "max_concurrency": 8,
     "backend_options": None,
 }
+
+#: The settings that change the answers (the others only change how they are
+#: fetched): a fitted estimator must be fitted again when one of them changes.
+ANSWER_SETTINGS = ("backend", "model", "base_url", "endpoint", "backend_options")
 
 
 def make_backend(
@@ -142,3 +147,33 @@ def _is_default(value, default) -> bool:
             return reveal() is None
         return value is None or value == {}
     return type(value) is not bool and value == default
+
+
+def check_unchanged(fitted: dict, current: dict) -> None:
+    """Raise :class:`~skllmprob.exceptions.RefitRequiredError` when a setting of
+    :data:`ANSWER_SETTINGS` differs between ``fitted`` and ``current``.
+
+    >>> check_unchanged({"model": "a"}, {"model": "a"})
+    >>> check_unchanged({"model": "a"}, {"model": "b"})
+    Traceback (most recent call last):
+    ...
+    skllmprob.exceptions.RefitRequiredError: the backend parameters ['model'] changed ...
+    """
+    changed = [n for n in fitted if _differs(n, fitted[n], current[n])]
+    if not changed:
+        return
+    was = "; ".join(
+        f"{n}: {mask_url(repr(fitted[n]))} -> {mask_url(repr(current[n]))}" for n in changed
+    )
+    raise RefitRequiredError(
+        f"the backend parameters {changed} changed since fit ({was}), so the fitted "
+        "answers and calibration belong to another backend. Call fit again to use the "
+        "new settings (the cache keeps the answers, so a refit only requests prompts "
+        "it has not seen)."
+    )
+
+
+def _differs(name: str, fitted, now) -> bool:
+    if name == "backend_options":
+        return dict(now or {}) != dict(fitted or {})
+    return type(now) is not type(fitted) or now != fitted
