@@ -458,3 +458,15 @@ def test_calibration_attributes_are_read_only_views_of_the_calibrator(reviews):
         with pytest.raises(AttributeError):
             setattr(clf, name, None)
     assert make(cache=False).fit(texts, labels).pos_label_ is None
+
+
+def test_another_backend_instance_of_the_same_model_needs_no_refit(reviews):
+    from skllmprob import RefitRequiredError
+
+    texts, labels = reviews
+    clf = make(backend=DeterministicBackend(latency=0.0), cache=False).fit(texts, labels)
+    clf.set_params(backend=DeterministicBackend(fail_on="never in a text"))
+    assert clf.predict(texts).shape == (10,)
+    clf.set_params(backend=DeterministicBackend(seed=1))  # another model
+    with pytest.raises(RefitRequiredError, match=r"\['backend'\]"):
+        clf.predict(texts)

@@ -174,6 +174,10 @@ def check_unchanged(fitted: dict, current: dict) -> None:
 
 
 def _differs(name: str, fitted, now) -> bool:
+    if isinstance(fitted, Backend) and isinstance(now, Backend):
+        # Another instance of the same model (e.g. with other retry or fault
+        # settings) gives the same answers.
+        return type(now) is not type(fitted) or now.identity() != fitted.identity()
     if name == "backend_options":
         return dict(now or {}) != dict(fitted or {})
     return type(now) is not type(fitted) or now != fitted
