@@ -21,7 +21,7 @@ from .backends.base import Backend
 from .backends.factory import ANSWER_SETTINGS, check_unchanged, make_backend
 from .cache import open_cache
 from .calibrators import CALIBRATORS, Calibrator, LabelMetric, make_calibrator
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, ContextOverflowError
 from .labels import check_pos_label, example_answers, label_spec, sorted_classes
 from .prompts import (
     DEFAULT_PROMPT,
@@ -521,6 +521,8 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
                 progress=self.progress,
                 usage=usage,
             )
+        except ContextOverflowError as e:
+            raise _in_terms_of_x(e, prompts) from e
         finally:
             self.usage_.record(usage)
         log_mass, floored = self.scorer_.score(completions)
@@ -625,3 +627,16 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         return self.score_texts(X).log_mass
+
+
+def _in_terms_of_x(e: ContextOverflowError, prompts: list[str]) -> ContextOverflowError:
+    """The backend's context error, with the row of X and the estimator's setting."""
+    row = prompts.index(e.prompt) if e.prompt in prompts else None
+    where = f"It is the prompt of row {row} of X (from 0). " if row is not None else ""
+    size = e.suggested_n_ctx or 2 * e.n_ctx
+    trained = f" (the model was trained on up to {e.n_ctx_train})" if e.n_ctx_train else ""
+    return e.with_fix(
+        f"{where}Pass a larger context, e.g. backend_options={{'n_ctx': {size}}}"
+        f"{trained}, or shorten the text.",
+        row=row,
+    )

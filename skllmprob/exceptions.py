@@ -126,6 +126,9 @@ class ContextOverflowError(ConfigurationError, InputError):
         A context size that holds it (the next power of 2 of ``n_needed``).
     n_ctx_train : int or None
         The context length the model was trained on, when known.
+    row : int or None
+        The row of the estimator's ``X`` (from 0) whose prompt this is, once the
+        estimator has re-raised it.
     detail : str
         The message without the fix.
     fix : str
@@ -152,8 +155,10 @@ class ContextOverflowError(ConfigurationError, InputError):
         n_needed: int | None = None,
         suggested_n_ctx: int | None = None,
         n_ctx_train: int | None = None,
+        row: int | None = None,
     ) -> None:
         super().__init__(f"{detail} {fix}" if fix else detail)
+        self.row = row
         self.detail = detail
         self.fix = fix
         self.prompt = prompt
@@ -164,13 +169,21 @@ class ContextOverflowError(ConfigurationError, InputError):
         self.n_ctx_train = n_ctx_train
 
     def _fields(self) -> dict:
-        names = ("prompt", "n_tokens", "n_ctx", "n_needed", "suggested_n_ctx", "n_ctx_train")
+        names = (
+            "prompt",
+            "n_tokens",
+            "n_ctx",
+            "n_needed",
+            "suggested_n_ctx",
+            "n_ctx_train",
+            "row",
+        )
         return {name: getattr(self, name) for name in names}
 
-    def with_fix(self, fix: str) -> ContextOverflowError:
-        """A new error of the same type and attributes whose message ends with
-        ``fix`` instead of this one's fix."""
-        return type(self)(self.detail, fix, **self._fields())
+    def with_fix(self, fix: str, **fields) -> ContextOverflowError:
+        """A new error of the same type and attributes (``fields`` replaced) whose
+        message ends with ``fix`` instead of this one's fix."""
+        return type(self)(self.detail, fix, **{**self._fields(), **fields})
 
     @classmethod
     def _rebuild(cls, detail: str, fix: str, fields: dict) -> ContextOverflowError:

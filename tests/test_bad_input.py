@@ -362,6 +362,8 @@ def test_local_text_longer_than_the_context_is_an_error_before_any_work(local_mo
     with pytest.raises(InputError, match=r"n_ctx=1024.*'n_ctx'") as e:
         clf.predict_proba(["a great film", long_text])
     assert "Nothing was evaluated" in str(e.value)
+    assert e.value.row == 1 and "row 1 of X" in str(e.value)
+    assert "LlamaCppBackend(" not in str(e.value)  # the estimator's own setting
     assert clf.usage_.last.requests == 0  # checked before anything was evaluated
     assert clf.predict_proba(["a great film"]).shape == (1, 2)
 

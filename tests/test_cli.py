@@ -786,6 +786,31 @@ def test_one_pass_per_output(files):
     assert (info.misses, info.hits) == (len(TRAIN) + len(TEST), len(TEST))
 
 
+def test_context_overflow_names_the_data_row_and_the_option(files, monkeypatch):
+    # A backend's ContextOverflowError: the estimator finds the row of X, the command
+    # line names it as a data row of the input and gives the option's CLI form.
+    from skllmprob.exceptions import ContextOverflowError
+
+    def too_long(self, prompts, query, *, on_result):
+        raise ContextOverflowError(
+            "a prompt is 5000 tokens long, more than the context of n_ctx=4096 tokens "
+            "holds. Nothing was evaluated.",
+            "Pass a larger context, e.g. DeterministicBackend(n_ctx=8192).",
+            prompt=prompts[2],
+            n_tokens=5000,
+            n_ctx=4096,
+            suggested_n_ctx=8192,
+        )
+
+    monkeypatch.setattr(DeterministicBackend, "complete", too_long)
+    code, out, err = run_main("classify", files / "reviews.csv", "--labels", "a", "b", *DET)
+    assert code == 1 and out == ""
+    line = error_line(err)
+    assert "data row 3 of the input" in line
+    assert "--backend-option n_ctx=8192" in line
+    assert "backend_options" not in line and "DeterministicBackend(" not in line
+
+
 def test_context_overflow_advice_names_the_option(files, monkeypatch):
     # The advice of a backend whose context is too small, as the command line takes it.
     def too_long(self, prompts, query, *, on_result):

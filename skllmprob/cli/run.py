@@ -32,7 +32,12 @@ import warnings
 from dataclasses import fields
 
 from .._secrets import mask_url
-from ..exceptions import BackendError, BackendUnavailableError, SkllmprobError
+from ..exceptions import (
+    BackendError,
+    BackendUnavailableError,
+    ContextOverflowError,
+    SkllmprobError,
+)
 from ..usage import Usage
 from .inputs import UsageError
 from .parser import PROG
@@ -277,6 +282,15 @@ def handle_sigterm():
 
 def describe(e: BaseException) -> str:
     """An exception as the one line of ``skllmprob: error: ...``."""
+    if isinstance(e, ContextOverflowError) and e.row is not None:
+        size = e.suggested_n_ctx or 2 * e.n_ctx
+        return one_line(
+            e.with_fix(
+                f"It is the text of data row {e.row + 1} of the input (the header not "
+                f"counted). Pass a larger context, e.g. --backend-option n_ctx={size}, or "
+                "shorten that text."
+            )
+        )
     if isinstance(e, SkllmprobError | ImportError):
         return one_line(e)
     if isinstance(e, ValueError) and type(e).__name__ == "InvalidParameterError":
