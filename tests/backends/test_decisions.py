@@ -1,0 +1,197 @@
+"""DecisionsBackend: the real openai SDK's ``client.decisions.create`` against the
+stub's ``/v1/decisions`` route (wire shapes, faults, errors, keys)."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from skllmprob.backends.base import Query
+from skllmprob.backends.decisions import DecisionsBackend, is_refusal
+from skllmprob.backends.openai import OpenAIBackend
+from skllmprob.exceptions import (
+    BackendUnavailableError,
+    ConfigurationError,
+    PartialResultsError,
+    RequestRejectedError,
+)
+from skllmprob.testing.openai_stub import OpenAIStub
+
+MODEL = "gpt-6-luna"
+CUES = {"positive": ("wonderful", "great"), "negative": ("dull", "awful"), True: ("great",)}
+
+
+def cue_weights(text: str, values: list) -> list[float]:
+    """1 + 3 per cue word of the option found in the text (deterministic)."""
+    words = text.lower().split()
+    return [1.0 + 3.0 * sum(w in words for w in CUES.get(v, ())) for v in values]
+
+
+def expected(text: str, values) -> np.ndarray:
+    w = np.array(cue_weights(text, list(values)))
+    return w / w.sum()
+
+
+@pytest.fixture
+def stub():
+    with OpenAIStub(decisions=cue_weights) as s:
+        yield s
+
+
+def run(backend, prompts, answers=("positive", "negative")):
+    out: dict = {}
+    backend.complete(prompts, Query(answers=tuple(answers)), on_result=out.__setitem__)
+    return [out[i] for i in sorted(out)]
+
+
+def backend(stub, **kw):
+    kw.setdefault("max_retries", 0)
+    return DecisionsBackend(MODEL, base_url=stub.base_url, api_key="sk-test", **kw)
+
+
+def test_choice_wire_and_class_order(stub):
+    b = backend(
+        stub,
+        instructions="What is the sentiment?",
+        descriptions={"positive": "the reviewer liked it"},
+    )
+    texts = ["a wonderful great film", "a dull film", "a film"]
+    for answers in (("positive", "negative"), ("negative", "positive")):
+        comps = run(b, texts, answers)
+        for text, c in zip(texts, comps, strict=True):
+            np.testing.assert_allclose(
+                np.exp(c.answer_logprobs), expected(text, answers), atol=1e-5
+            )
+            assert c.tokens[0] == answers[int(np.argmax(c.answer_logprobs))]
+    (body,) = [e["body"] for e in stub.log if e["body"]["input"] == texts[0]][:1]
+    assert body["model"] == MODEL
+    (q,) = body["questions"]
+    assert q["type"] == "choice" and q["instructions"] == "What is the sentiment?"
+    assert q["choices"] == [
+        {"value": "positive", "description": "the reviewer liked it"},
+        {"value": "negative"},
+    ]
+    assert b.exact is True
+
+
+def test_prompt_cache_key_is_shared_and_cached_tokens_reported(stub):
+    comps = run(backend(stub, max_concurrency=1), ["a great film", "a dull film"])
+    keys = {e["body"]["prompt_cache_key"] for e in stub.log}
+    assert len(keys) == 1
+    assert comps[0].prompt_tokens > 0
+    assert comps[0].cached_tokens == 0 and comps[1].cached_tokens > 0
+
+
+def test_predicate_and_score(stub):
+    comps = run(backend(stub, question="predicate"), ["a great film", "a film"], ("no", "yes"))
+    assert stub.log[0]["body"]["questions"][0]["type"] == "predicate"
+    p_true = [expected("a great film", [False, True])[1], expected("a film", [False, True])[1]]
+    np.testing.assert_allclose([np.exp(c.answer_logprobs[1]) for c in comps], p_true, atol=1e-5)
+    levels = ("negative", "neutral", "positive")
+    (c,) = run(backend(stub, question="score"), ["wonderful"], levels)
+    assert [lv["label"] for lv in stub.log[-1]["body"]["questions"][0]["levels"]] == list(levels)
+    np.testing.assert_allclose(np.exp(c.answer_logprobs), expected("wonderful", levels), atol=1e-5)
+    with pytest.raises(ConfigurationError, match="exactly 2 classes"):
+        run(backend(stub, question="predicate"), ["x"], ("a", "b", "c"))
+
+
+def test_429_is_retried_by_the_sdk(stub):
+    stub.add_fault("429", retry_after=0.01)
+    (c,) = run(backend(stub, max_retries=2), ["a great film"])
+    assert stub.requests == 2 and stub.status_counts[429] == 1
+    assert not is_refusal(c)
+
+
+def test_500_after_retries_is_a_partial_error(stub):
+    stub.add_fault("500", match="dull", times=None, retry_after=0.0)
+    with pytest.raises(PartialResultsError, match="1 of 2 prompts") as info:
+        run(backend(stub, max_retries=1), ["a great film", "a dull film"])
+    assert info.value.n_completed == 1
+    assert stub.prompt_requests["a dull film"] == 2  # one retry, no second loop
+
+
+def test_timeout(stub):
+    stub.add_fault("timeout", hang=3.0)
+    with pytest.raises(PartialResultsError, match="timed out"):
+        run(backend(stub, timeout=0.3), ["a great film", "a film"])
+
+
+def test_refusal_is_an_answer_with_no_mass(stub):
+    stub.add_fault("refusal", match="secret")
+    comps = run(backend(stub), ["a great film", "the secret plan"])
+    assert not is_refusal(comps[0]) and is_refusal(comps[1])
+    assert np.isneginf(comps[1].answer_logprobs).all()
+    assert comps[1].answer_logprobs.shape == (2,)
+
+
+def test_malformed_bodies(stub):
+    stub.add_fault("malformed", times=None)
+    with pytest.raises(BackendUnavailableError, match="not with an OpenAI completion"):
+        run(backend(stub), ["a great film"])
+    stub.clear_faults()
+    stub.add_fault("empty")  # 200 with no answers
+    with pytest.raises(PartialResultsError, match="malformed"):
+        run(backend(stub), ["a film", "a great film"])
+
+
+def test_chat_model_sent_to_decisions(stub):
+    b = DecisionsBackend(
+        "gpt-4o-mini", base_url=stub.base_url, api_key="k", max_retries=0, max_concurrency=1
+    )
+    with pytest.raises(RequestRejectedError, match="not a decision model") as info:
+        run(b, ["a film", "another film", "a third"])
+    assert "backend='openai'" in str(info.value)
+    assert stub.requests == 1  # stopped at once
+
+
+def test_decision_model_sent_to_chat(stub):
+    b = OpenAIBackend(MODEL, base_url=stub.base_url, api_key="k", max_retries=0)
+    out: dict = {}
+    with pytest.raises(RequestRejectedError, match="is a decisions model") as info:
+        b.complete(["a film"], Query(), on_result=out.__setitem__)
+    assert "backend='decisions'" in str(info.value)
+
+
+def test_endpoint_that_does_not_exist(stub):
+    b = DecisionsBackend(MODEL, base_url=stub.url, api_key="k", max_retries=0)  # no /v1
+    with pytest.raises(RequestRejectedError, match="does not exist") as info:
+        run(b, ["a film"])
+    assert "ending in '/v1'" in str(info.value) and "backend='systemone'" in str(info.value)
+
+
+def test_key_never_in_repr_pickle_or_error():
+    secret = "sk-decisions-secret-123"
+    with OpenAIStub(api_key="other") as stub:
+        stub.add_fault("400", message="bad key {key}")
+        b = DecisionsBackend(MODEL, base_url=stub.base_url, api_key=secret, max_retries=0)
+        assert secret not in repr(b) and secret not in str(b.identity())
+        assert secret.encode() not in pickle.dumps(b)
+        with pytest.raises(RequestRejectedError) as info:
+            run(b, ["a film"])
+        assert "401" in str(info.value) and "$OPENAI_API_KEY" in str(info.value)
+        assert secret not in str(info.value) and secret.encode() not in pickle.dumps(info.value)
+
+
+def test_bounded_concurrency():
+    with OpenAIStub(latency=0.05, decisions=cue_weights) as stub:
+        comps = run(backend(stub, max_concurrency=3), [f"film {i}" for i in range(24)])
+        assert len(comps) == 24
+        assert 1 < stub.peak_in_flight <= 3
+        assert stub.requests == 24
+
+
+def test_settings_checked():
+    b = DecisionsBackend(MODEL, api_key="k", descriptions={"maybe": "x"})
+    with pytest.raises(ConfigurationError, match="not classes"):
+        b.check_query(Query(answers=("yes", "no")))
+    with pytest.raises(ConfigurationError, match="2 to 255 options"):
+        DecisionsBackend(MODEL).check_query(Query(answers=tuple(map(str, range(256)))))
+    with pytest.raises(ConfigurationError, match="question="):
+        DecisionsBackend(MODEL, question="yesno")
+    # what changes the answers is part of the cache key, the key is not
+    rs = DecisionsBackend(MODEL, instructions="I", descriptions={"a": "d"}).request_settings(
+        Query(answers=("a", "b"))
+    )
+    assert rs["instructions"] == "I" and rs["descriptions"] == {"a": "d"}
