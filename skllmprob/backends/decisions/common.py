@@ -228,9 +228,22 @@ class DecisionBackendBase(Backend):
     def _classify(self, e: BaseException, plan: _Plan):
         import openai
 
-        if isinstance(e, openai.APIStatusError) and 400 <= e.status_code < 500:
+        status = getattr(e, "status_code", 0)
+        if isinstance(e, openai.APIStatusError) and 400 <= status < 500:
             errors._scrub_exception(e, plan.secret)
-            hint = self._rejection_hint(e.status_code, errors._error_message(e, plan.secret))
+            body = getattr(e, "body", None)  # System One servers: {"error": "message"}
+            if isinstance(body, str) and body:
+                message = errors._short(body, plan.secret, 300)
+            else:
+                message = errors._error_message(e, plan.secret)
+            hint = self._rejection_hint(status, message)
+            if hint is None and status in (400, 413, 422):
+                hint = RequestRejectedError(
+                    f"{self.shown_url()}{self._path()} rejected the request ({status}: "
+                    f"{message}). Retrying will not help; fix the question settings "
+                    "(the classes, question=, descriptions=, instructions=).",
+                    status_code=status,
+                )
             if hint is not None:
                 return errors._fatal(hint, e)
         return errors.classify(e, self, plan)
