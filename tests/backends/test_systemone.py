@@ -11,16 +11,23 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from skllmprob.backends.base import Query
-from skllmprob.backends.decisions import TYPESAFE_BASE_URL, SystemOneBackend
-from skllmprob.exceptions import BackendUnavailableError, ConfigurationError, RequestRejectedError
+from skllmprob.backends.decisions import TYPESAFE_BASE_URL, SystemOneBackend, is_refusal
+from skllmprob.exceptions import (
+    BackendUnavailableError,
+    ConfigurationError,
+    PartialResultsError,
+    RequestRejectedError,
+)
 
 pytest.importorskip("dev_double", reason="the test extra installs dev-double")
 
@@ -186,3 +193,83 @@ def test_typesafe_key(monkeypatch):
     assert "ts-given-secret" not in repr(given) + str(given.identity())
     assert b"ts-given-secret" not in pickle.dumps(given)
     assert pickle.loads(pickle.dumps(given))._key()[0] == "ts-env-secret"
+
+
+class _Scripted:
+    """A minimal System One server answering a script of (status, body), then 200s."""
+
+    def __init__(self, script):
+        outer = self
+        self.script = list(script)
+        self.requests = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                return
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.requests += 1
+                status, body = outer.script.pop(0) if outer.script else (200, OK_BODY)
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Retry-After", "0")
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+OK_BODY = {
+    "model": "jev-latest",
+    "answers": {
+        "label": {
+            "type": "choice",
+            "choice": "a",
+            "confidence": 0.5,
+            "probabilities": {"a": 0.8, "b": 0.2},
+        }
+    },
+    "usage": {"input_tokens": 7, "output_tokens": 1},
+}
+
+
+def test_529_and_429_are_retried_by_the_sdk_422_is_not():
+    srv = _Scripted([(529, {"error": "overloaded"}), (429, {"error": "slow down"})])
+    try:
+        (c,) = run(backend(srv.url, max_retries=2), ["x"], ("a", "b"))
+        np.testing.assert_allclose(np.exp(c.answer_logprobs), [0.8, 0.2])
+        assert srv.requests == 3 and c.prompt_tokens == 7
+        srv.script = [(422, {"error": "criteria: at least 2 options"})]
+        with pytest.raises(RequestRejectedError, match="422: criteria: at least 2 options"):
+            run(backend(srv.url, max_retries=2), ["y"], ("a", "b"))
+        assert srv.requests == 4
+    finally:
+        srv.close()
+
+
+def test_refusal_and_malformed_answers():
+    refusal = {"model": "m", "answers": {"label": {"type": "refusal"}}, "usage": {}}
+    srv = _Scripted([(200, refusal), (200, {"answers": {"other": {}}})])
+    try:
+        b = backend(srv.url, max_concurrency=1)
+        with pytest.raises(PartialResultsError, match="malformed") as info:
+            run(b, ["r", "m", "ok"], ("a", "b"))
+        assert info.value.n_completed == 2
+    finally:
+        srv.close()
+    out: dict = {}
+    srv = _Scripted([(200, refusal)])
+    try:
+        backend(srv.url).complete(["r"], Query(answers=("a", "b")), on_result=out.__setitem__)
+        assert is_refusal(out[0]) and np.isneginf(out[0].answer_logprobs).all()
+    finally:
+        srv.close()
