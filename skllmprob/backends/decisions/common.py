@@ -8,6 +8,7 @@ optional pacing), and the SDK client does every retry: nothing here retries.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -82,6 +83,24 @@ class DecisionBackendBase(Backend):
 
     def __repr__(self) -> str:
         return mask_url(super().__repr__())
+
+    def with_settings(self, **changes: Any) -> DecisionBackendBase:
+        """A copy with other ``instructions`` / ``descriptions`` / ``question`` (the
+        key is kept); the estimator fills in what the user left unset.
+
+        >>> from skllmprob.backends.decisions import SystemOneBackend
+        >>> SystemOneBackend("jev-latest").with_settings(instructions="Which team?").instructions
+        'Which team?'
+        """
+        unknown = sorted(set(changes) - {"instructions", "descriptions", "question"})
+        if unknown:
+            raise TypeError(f"with_settings() got unexpected settings {unknown}")
+        out = copy.copy(self)
+        for name, value in changes.items():
+            setattr(out, name, value)
+        if changes.get("descriptions"):
+            out.descriptions = {str(k): str(v) for k, v in changes["descriptions"].items()}
+        return out
 
     # -- resolved settings ----------------------------------------------------------------
 
