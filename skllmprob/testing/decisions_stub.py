@@ -117,32 +117,23 @@ def _answer(stub: Any, text: str, q: dict) -> dict:
     if q["type"] == "predicate":
         p = _normalized(_weights(stub, text, [False, True]))[1]
         return {"type": "predicate", "name": name, "probability": p}
-    if q["type"] == "choice":
-        values = [c["value"] for c in q["choices"]]
-        probs = _normalized(_weights(stub, text, values))
-        best = max(range(len(values)), key=probs.__getitem__)
-        return {
-            "type": "choice",
-            "name": name,
-            "choice": values[best],
-            "confidence": probs[best],
-            "probabilities": [
-                {"value": v, "probability": p} for v, p in zip(values, probs, strict=True)
-            ],
-        }
-    labels = [lv["label"] for lv in q["levels"]]
-    probs = _normalized(_weights(stub, text, labels))
-    best = max(range(len(labels)), key=probs.__getitem__)
-    return {
-        "type": "score",
-        "name": name,
-        "score": sum(i * p for i, p in enumerate(probs)),
-        "confidence": probs[best],
-        "probabilities": [
+    choice = q["type"] == "choice"
+    keys = [c["value"] for c in q["choices"]] if choice else [lv["label"] for lv in q["levels"]]
+    probs = _normalized(_weights(stub, text, keys))
+    best = max(range(len(keys)), key=probs.__getitem__)
+    out: dict[str, Any] = {"type": q["type"], "name": name, "confidence": probs[best]}
+    if choice:
+        out["choice"] = keys[best]
+        out["probabilities"] = [
+            {"value": v, "probability": p} for v, p in zip(keys, probs, strict=True)
+        ]
+    else:
+        out["score"] = sum(i * p for i, p in enumerate(probs))
+        out["probabilities"] = [
             {"label": lab, "value": i, "probability": p}
-            for i, (lab, p) in enumerate(zip(labels, probs, strict=True))
-        ],
-    }
+            for i, (lab, p) in enumerate(zip(keys, probs, strict=True))
+        ]
+    return out
 
 
 def decision_answer(stub: Any, body: dict, text: str, cached: int, refuse: bool) -> dict:

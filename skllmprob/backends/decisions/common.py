@@ -18,9 +18,9 @@ from urllib.parse import urlsplit
 
 from ..._secrets import SecretKey, mask_url
 from ...exceptions import ConfigurationError, RequestRejectedError
-from ..base import Backend, Completion, OnResult, Query, shared_resource
+from ..base import Backend, Completion, OnResult, Query
 from ..openai import errors
-from ..openai.runner import _Plan, run_requests
+from ..openai.runner import _Plan, pacing_fields, run_requests
 from ..openai.settings import _normalize_url
 from .questions import QUESTION_KINDS
 
@@ -151,35 +151,18 @@ class DecisionBackendBase(Backend):
         raise NotImplementedError
 
     def _client(self, key: str) -> Any:
-        fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
-        headers = tuple(sorted((self.default_headers or {}).items()))
-        resource = (
-            "openai-client",
-            self.resolved_base_url(),
-            fingerprint,
-            self.timeout,
-            self.max_retries,
-            None,
-            headers,
-        )
-        return shared_resource(resource, lambda: self._make_client(key))
+        """The OpenAI backend's shared SDK client for this server, key and retry
+        settings (the same one a chat backend of the same server uses)."""
+        from ..openai.backend import OpenAIBackend
 
-    def _make_client(self, key: str) -> Any:
-        import openai  # a core dependency
-
-        if urlsplit(self.resolved_base_url()).username is not None:
-            errors.mask_url_passwords_in_logs()
-        http = openai.DefaultAsyncHttpxClient(
-            event_hooks={"response": [errors._stop_futile_retries]}
-        )
-        return openai.AsyncOpenAI(
+        chat = OpenAIBackend(
+            self.model,
             base_url=self.resolved_base_url(),
-            api_key=key,
             timeout=self.timeout,
             max_retries=self.max_retries,
             default_headers=self.default_headers,
-            http_client=http,
         )
+        return chat._client(key)
 
     # -- the call -------------------------------------------------------------------------
 
@@ -193,7 +176,6 @@ class DecisionBackendBase(Backend):
         answers = tuple(query.answers)
         fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
         base = (self.resolved_base_url(), fingerprint, self.kind_name)
-        limited = self.requests_per_minute or self.tokens_per_minute
 
         async def request(client: Any, prompt: str) -> Completion:
             return await self._request(client, prompt, answers)
@@ -205,15 +187,7 @@ class DecisionBackendBase(Backend):
             messages=(),
             secret=secret,
             response_type=object,
-            semaphore_key=(*base, self.model, self.max_concurrency),
-            limiter_key=(
-                (*base, self.model, self.requests_per_minute, self.tokens_per_minute)
-                if limited
-                else None
-            ),
-            rpm=self.requests_per_minute,
-            tpm=self.tokens_per_minute,
-            max_concurrency=self.max_concurrency,
+            **pacing_fields(self, base),
             token_overhead=1 + sum(len(a) for a in answers) // 4,
             breaker=max(10, 2 * self.max_concurrency),
             request=request,

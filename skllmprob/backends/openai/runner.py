@@ -125,6 +125,20 @@ class _Plan:
     request: Callable[[Any, str], Awaitable[Completion]] | None = None
 
 
+def pacing_fields(settings: Any, base: tuple) -> dict[str, Any]:
+    """The concurrency and pacing fields of a :class:`_Plan` for ``settings`` (with
+    ``model``, ``max_concurrency``, ``requests_per_minute``, ``tokens_per_minute``);
+    ``base`` identifies the server and key the limits are shared by."""
+    rpm, tpm = settings.requests_per_minute, settings.tokens_per_minute
+    return {
+        "semaphore_key": (*base, settings.model, settings.max_concurrency),
+        "limiter_key": (*base, settings.model, rpm, tpm) if rpm or tpm else None,
+        "rpm": rpm,
+        "tpm": tpm,
+        "max_concurrency": settings.max_concurrency,
+    }
+
+
 #: Turns the exception of one request into a failure of it or a fatal error.
 Classify = Callable[[BaseException], "_Failure | _Fatal"]
 
