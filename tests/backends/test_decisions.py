@@ -195,3 +195,19 @@ def test_settings_checked():
         Query(answers=("a", "b"))
     )
     assert rs["instructions"] == "I" and rs["descriptions"] == {"a": "d"}
+
+
+def test_key_never_in_debug_logs(stub, caplog):
+    secret = "sk-decisions-log-secret-9"
+    caplog.set_level("DEBUG")
+    b = DecisionsBackend(MODEL, base_url=stub.base_url, api_key=secret, max_retries=1)
+    stub.add_fault("429", retry_after=0.0)
+    run(b, ["a great film"])
+    assert caplog.records  # the SDK and the backend did log
+    assert secret not in caplog.text
+
+
+def test_refusals_count_in_usage(stub):
+    stub.add_fault("refusal")
+    (c,) = run(backend(stub), ["a film"])
+    assert is_refusal(c) and c.prompt_tokens > 0
