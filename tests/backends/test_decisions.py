@@ -211,3 +211,127 @@ def test_refusals_count_in_usage(stub):
     stub.add_fault("refusal")
     (c,) = run(backend(stub), ["a film"])
     assert is_refusal(c) and c.prompt_tokens > 0
+
+
+# ---------------------------------------------------------------------------------------
+# Through LogprobClassifier
+
+TEAMS = ("billing", "shipping", "account")
+
+
+def team_rows(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    y = [TEAMS[i % 3] for i in range(n)]
+    X = [f"ticket {seed}-{i} about {t} strength {rng.integers(1, 4)}" for i, t in enumerate(y)]
+    return X, y
+
+
+def team_weights(bias: float):
+    """The true class gets 1 + strength, the others 1; 'account' is inflated by
+    ``bias`` (a multiplicative bias: additive on the log scale, what 'bias' removes)."""
+
+    def weights(text: str, values: list) -> list[float]:
+        words = text.replace("<", " ").split()
+        strength = float(words[words.index("strength") + 1])
+        w = [1.0 + strength * (v in words) for v in values]
+        return [wi * (bias if v == "account" else 1.0) for wi, v in zip(w, values, strict=True)]
+
+    return weights
+
+
+def fitted(stub, X, y, calibration):
+    from skllmprob import LogprobClassifier
+
+    clf = LogprobClassifier(
+        MODEL,
+        backend="decisions",
+        base_url=stub.base_url,
+        api_key="sk-test",
+        labels=list(TEAMS),
+        calibration=calibration,
+        cache=False,
+        max_retries=0,
+    )
+    return clf.fit(X, y) if calibration != "none" else clf.fit(None, None)
+
+
+def test_calibration_removes_a_known_bias():
+    from sklearn.metrics import accuracy_score, log_loss
+
+    X_fit, y_fit = team_rows(64, seed=1)
+    X_test, y_test = team_rows(90, seed=2)
+    with OpenAIStub(decisions=team_weights(1.0)) as clean:
+        ref = fitted(clean, None, None, "none")
+        ref_acc = accuracy_score(y_test, ref.predict(X_test))
+        ref_loss = log_loss(y_test, ref.predict_proba(X_test), labels=ref.classes_)
+    with OpenAIStub(decisions=team_weights(6.0)) as biased:
+        raw = fitted(biased, None, None, "none")
+        raw_acc = accuracy_score(y_test, raw.predict(X_test))
+        clf = fitted(biased, X_fit, y_fit, "bias")
+        acc = accuracy_score(y_test, clf.predict(X_test))
+        loss = log_loss(y_test, clf.predict_proba(X_test), labels=clf.classes_)
+    assert ref_acc > 0.9 and raw_acc < 0.6  # the bias hurts
+    assert acc >= ref_acc - 0.02
+    assert loss <= ref_loss + 0.05
+
+
+def test_estimator_cache_refusals_and_descriptions(tmp_path):
+    from skllmprob import LogprobClassifier
+
+    cache = str(tmp_path / "c.sqlite")
+    X, y = team_rows(12, seed=3)
+    with OpenAIStub(decisions=team_weights(1.0)) as stub:
+        stub.add_fault("refusal", match="3-5 ")
+
+        def make():
+            return LogprobClassifier(
+                MODEL,
+                backend="decisions",
+                base_url=stub.base_url,
+                api_key="sk-test",
+                labels=list(TEAMS),
+                descriptions={"billing": "money matters"},
+                calibration="bias",
+                cache=cache,
+                max_retries=0,
+            )
+
+        with pytest.warns(UserWarning, match=r"refused 1 of 12 rows \(rows 5\)"):
+            clf = make().fit(X, y)
+        assert stub.requests == 12
+        q = stub.log[0]["body"]["questions"][0]
+        assert {"value": "billing", "description": "money matters"} in q["choices"]
+        assert q["instructions"].startswith("Categories: billing, shipping, account.")
+        with pytest.warns(UserWarning, match="refused"):
+            cov = make().fit(X, y).predict_coverage(X)  # a new estimator: all cached
+        assert stub.requests == 12
+        assert cov[5] == 0.0 and np.allclose(np.delete(cov, 5), 1.0)
+        proba = clf.predict_proba(["ticket x about shipping strength 3"])
+        assert clf.classes_[proba.argmax()] == "shipping"
+        with pytest.raises(ConfigurationError, match="not classes"):
+            LogprobClassifier(
+                MODEL,
+                backend="decisions",
+                base_url=stub.base_url,
+                api_key="k",
+                labels=list(TEAMS),
+                descriptions={"sales": "x"},
+                cache=False,
+            ).fit(X, y)
+
+
+def test_make_backend_names():
+    from skllmprob.backends import make_backend
+    from skllmprob.backends.decisions import SystemOneBackend
+
+    b = make_backend(
+        backend="systemone", model="jev-latest", backend_options={"path": "/alpha/decisions"}
+    )
+    assert isinstance(b, SystemOneBackend) and b.path == "/alpha/decisions"
+    assert isinstance(make_backend(backend="decisions", model=MODEL), DecisionsBackend)
+    with pytest.raises(ConfigurationError, match="needs a model name"):
+        make_backend(backend="decisions")
+    with pytest.raises(ConfigurationError, match="endpoint='chat' is a setting"):
+        make_backend(backend="systemone", model="m", endpoint="chat")
+    with pytest.raises(ConfigurationError, match="backend_options"):
+        make_backend(backend="decisions", model=MODEL, backend_options={"n_ctx": 5})
