@@ -269,3 +269,20 @@ def test_refusal_and_malformed_answers():
         assert is_refusal(out[0]) and np.isneginf(out[0].answer_logprobs).all()
     finally:
         srv.close()
+
+
+def test_through_the_estimator(server):
+    from skllmprob import LogprobClassifier
+
+    clf = LogprobClassifier(
+        "jev-latest",
+        backend="systemone",
+        base_url=server + "/v1",
+        labels=list(LABELS),
+        descriptions=DESCRIPTIONS,
+        cache=False,
+        max_retries=0,
+    ).fit(None, None)
+    assert clf.predict(TEXTS).tolist() == list(LABELS)
+    np.testing.assert_allclose(clf.predict_proba(TEXTS).sum(axis=1), 1.0)
+    assert clf.usage_.last.requests == 3 and clf.usage_.total.requests == 6
