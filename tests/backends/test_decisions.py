@@ -309,15 +309,7 @@ def test_estimator_cache_refusals_and_descriptions(tmp_path):
         proba = clf.predict_proba(["ticket x about shipping strength 3"])
         assert clf.classes_[proba.argmax()] == "shipping"
         with pytest.raises(ConfigurationError, match="not classes"):
-            LogprobClassifier(
-                MODEL,
-                backend="decisions",
-                base_url=stub.base_url,
-                api_key="k",
-                labels=list(TEAMS),
-                descriptions={"sales": "x"},
-                cache=False,
-            ).fit(X, y)
+            make().set_params(descriptions={"sales": "x"}, cache=False).fit(X, y)
 
 
 def test_make_backend_names():
