@@ -1109,6 +1109,10 @@ def open_cache(cache: bool | str | os.PathLike) -> CompletionCache | NullCache:
     """
     if cache is False:
         return NullCache()
+    if isinstance(cache, str) and "://" in cache:  # a URL: PostgreSQL, or a clear error
+        from .pgcache import open_url
+
+        return open_url(cache)
     path = default_cache_path() if cache is True else Path(cache).expanduser()
     key = str(path.resolve())
     found = _OPEN.get(key)

@@ -1,0 +1,400 @@
+"""The PostgreSQL completion cache, against a real server (tests/pg_fixture.py)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cache_helpers import FileCountingBackend, count, make_texts
+
+from skllmprob import LogprobClassifier
+from skllmprob._engine import fetch_completions
+from skllmprob.backends import Completion, DeterministicBackend, Query
+from skllmprob.cache import KeyBuilder, open_cache
+from skllmprob.exceptions import CacheError, ConfigurationError
+
+psycopg = pytest.importorskip("psycopg")
+
+from skllmprob.pgcache import (  # noqa: E402
+    PG_SCHEMA_VERSION,
+    PostgresCache,
+    open_postgres,
+)
+
+pytestmark = pytest.mark.postgres
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+
+
+def completion(tokens=("yes", "no"), probs=(0.6, 0.3), **kw):
+    return Completion(tuple(tokens), np.log(np.asarray(probs, dtype=float)), **kw)
+
+
+def det_clf(cache, **kw):
+    params = dict(labels=["positive", "negative"], backend=DeterministicBackend(), progress=False)
+    params.update(kw)
+    return LogprobClassifier(cache=cache, **params)
+
+
+def rows(url, sql):
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def _keys(backend, prompts):
+    query = Query(5)
+    return KeyBuilder(backend.identity(), backend.request_settings(query)).many(prompts)
+
+
+# ---------------------------------------------------------------------- round trip
+
+
+def test_round_trip_through_the_database(pg_url):
+    cache = PostgresCache(pg_url)
+    kb = KeyBuilder({"backend": "x"}, {"top_logprobs": 3})
+    items = [
+        (kb("a"), completion(prompt_tokens=5, completion_tokens=1)),
+        (kb("b"), completion(("x\x00y", "\ud800", "z"), (0.5, 0.2, 0.1))),  # NUL, surrogate
+        (kb("c"), Completion(("p",), np.log([0.9]), answer_logprobs=np.log([0.4, 0.5]))),
+    ]
+    cache.put_many(items)
+    fresh = PostgresCache(pg_url, memory_mb=0)  # nothing from memory
+    got = fresh.get_many([k for k, _ in items] + [kb("missing")])
+    assert set(got) == {k for k, _ in items}
+    for key, c in items:
+        assert got[key].tokens == c.tokens
+        np.testing.assert_array_equal(got[key].logprobs, c.logprobs)
+        assert got[key].prompt_tokens == c.prompt_tokens
+    np.testing.assert_array_equal(got[kb("c")].answer_logprobs, items[2][1].answer_logprobs)
+    assert got[kb("a")].answer_logprobs is None
+    # Write-once: a second answer for the same key does not replace the first.
+    cache.put(kb("a"), completion(probs=(0.1, 0.1)))
+    again = PostgresCache(pg_url, memory_mb=0).get_many([kb("a")])
+    np.testing.assert_array_equal(again[kb("a")].logprobs, items[0][1].logprobs)
+    assert fresh.info().entries == 3
+
+
+def test_estimator_with_a_postgres_url(pg_url, reviews, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    texts, labels = reviews
+    clf = det_clf(pg_url).fit(texts, labels)
+    proba = clf.predict_proba(texts)
+    assert isinstance(open_cache(pg_url), PostgresCache)
+    clf.predict_proba(texts)
+    assert clf.usage_.last.requests == 0
+    open_cache(pg_url)._memory.clear()
+    np.testing.assert_array_equal(clf.predict_proba(texts), proba)
+    assert clf.usage_.last.requests == 0
+    sqlite = det_clf(str(tmp_path / "c.sqlite")).fit(texts, labels)
+    np.testing.assert_array_equal(sqlite.predict_proba(texts), proba)
+    info = clf.cache_info()
+    assert info.entries == len(texts)
+    assert info.hits >= 2 * len(texts) and info.total_hits == info.hits
+    assert info.total_misses == info.misses == len(texts)
+    assert not any(p.name.startswith("postgres") for p in tmp_path.iterdir())
+    clf.clear_cache()
+    assert clf.cache_info().entries == 0
+
+
+def test_clear_empties_the_memory_layer_of_other_processes(pg_url):
+    a, b = PostgresCache(pg_url), PostgresCache(pg_url)
+    kb = KeyBuilder({"backend": "x"}, {})
+    a.put(kb("p"), completion())
+    assert kb("p") in a.get_many([kb("p")])
+    b.clear()
+    assert a.get_many([kb("p")]) == {}
+    assert a.info().entries == 0
+
+
+def test_newer_schema_is_refused(pg_url):
+    PostgresCache(pg_url)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE skllmprob_meta SET value = %s WHERE name = 'schema_version'",
+            (str(PG_SCHEMA_VERSION + 1),),
+        )
+    with pytest.raises(CacheError, match="newer skllmprob"):
+        PostgresCache(pg_url)
+
+
+def test_corrupt_row_is_a_counted_miss_and_gets_rewritten(pg_url, reviews):
+    texts, _ = reviews
+    name = "pg-corrupt"
+    clf = det_clf(pg_url, backend=DeterministicBackend(name=name)).fit(None, None)
+    clf.predict_proba(texts)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE skllmprob_completions SET data = '\\x00'::bytea")
+    cache = open_cache(pg_url)
+    cache._memory.clear()
+    before = DeterministicBackend.request_count(name)
+    clf.predict_proba(texts)
+    assert DeterministicBackend.request_count(name) - before == len(texts)
+    assert cache.info().corrupt == len(texts)
+    cache._memory.clear()
+    clf.predict_proba(texts)
+    assert clf.usage_.last.requests == 0
+
+
+# ------------------------------------------------------------------------ claims
+
+
+def test_concurrent_fetches_of_the_same_prompts_send_each_once(pg_url, tmp_path):
+    cache = PostgresCache(pg_url)
+    count_file = tmp_path / "count"
+    backend = FileCountingBackend(count_file=str(count_file), name="pg-threads", latency=0.005)
+    prompts = [f"Text: {i}\nAnswer:" for i in range(40)]
+    outs, errors = [], []
+
+    def run(ps):
+        try:
+            outs.append(fetch_completions(backend, cache, Query(5), ps))
+        except BaseException as e:  # pragma: no cover
+            errors.append(e)
+
+    threads = [
+        threading.Thread(target=run, args=(ps,)) for ps in (prompts, prompts[::-1], prompts[10:30])
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert count(count_file) == 40
+    assert sum(u.requests for _, u in outs) == 40
+    assert cache.info().waited > 0
+    assert rows(pg_url, "SELECT count(*) FROM skllmprob_claims") == [(0,)]
+
+
+def test_a_live_silent_claim_is_waited_for_then_taken_over(pg_url):
+    cache = PostgresCache(pg_url, claim_timeout=0.5)
+    backend = DeterministicBackend(name="pg-silent")
+    prompts = [f"p{i}" for i in range(4)]
+    keys = _keys(backend, prompts)
+    # A live session elsewhere claimed two prompts and went silent (no renewal).
+    with psycopg.connect(pg_url, autocommit=True) as other:
+        other.execute(
+            "INSERT INTO skllmprob_claims SELECT k, 'elsewhere', pg_backend_pid(),"
+            " now() + interval '0.5 seconds' FROM unnest(%s::bytea[]) AS k",
+            (keys[:2],),
+        )
+        start = time.monotonic()
+        _, usage = fetch_completions(backend, cache, Query(5), prompts)
+        waited = time.monotonic() - start
+    assert usage.requests == 4
+    assert 0.3 < waited < 10
+
+
+def test_claims_of_a_closed_session_are_taken_over_at_once(pg_url):
+    cache = PostgresCache(pg_url)  # leases of 60 s
+    backend = DeterministicBackend(name="pg-dead")
+    prompts = [f"p{i}" for i in range(5)]
+    other = psycopg.connect(pg_url, autocommit=True)
+    other.execute(
+        "INSERT INTO skllmprob_claims SELECT k, 'dead', pg_backend_pid(),"
+        " now() + interval '1 hour' FROM unnest(%s::bytea[]) AS k",
+        (_keys(backend, prompts),),
+    )
+    other.close()  # as a killed worker's connection
+    start = time.monotonic()
+    _, usage = fetch_completions(backend, cache, Query(5), prompts)
+    assert usage.requests == 5
+    assert time.monotonic() - start < 5
+
+
+def test_a_released_claim_is_requested_by_the_waiter(pg_url):
+    cache = PostgresCache(pg_url)
+    backend = DeterministicBackend(name="pg-released")
+    prompts = [f"p{i}" for i in range(3)]
+    keys = _keys(backend, prompts)
+    holder = PostgresCache(pg_url).session()
+    _, mine, _ = holder.claim(keys)
+    assert mine == keys
+    threading.Timer(0.3, holder.close).start()  # gives up without results
+    _, usage = fetch_completions(backend, cache, Query(5), prompts)
+    assert usage.requests == 3
+
+
+def _python(code: str, *args: str, env=None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        env=env or ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_two_processes_send_each_prompt_once(pg_url, tmp_path):
+    count_file = tmp_path / "count"
+    code = """
+        import sys
+        from cache_helpers import FileCountingBackend, make_texts
+        from skllmprob import LogprobClassifier
+        url, count_file, which = sys.argv[1], sys.argv[2], int(sys.argv[3])
+        texts, _ = make_texts(300)
+        # Each process: 100 texts of its own and 200 shared ones, in its own order.
+        mine = texts[:200] + texts[200 + 50 * which: 250 + 50 * which]
+        mine = mine[::-1] if which else mine
+        backend = FileCountingBackend(count_file=count_file, latency=0.001)
+        clf = LogprobClassifier(labels=["positive", "negative"], backend=backend,
+                                cache=url, progress=False).fit(None, None)
+        for start in range(0, len(mine), 50):
+            clf.predict_proba(mine[start:start + 50])
+    """
+    procs = [_python(code, pg_url, str(count_file), str(w)) for w in (0, 1)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    assert count(count_file) == 300
+    assert rows(pg_url, "SELECT count(*) FROM skllmprob_completions") == [(300,)]
+    assert rows(pg_url, "SELECT count(*) FROM skllmprob_claims") == [(0,)]
+    clf = det_clf(pg_url).fit(None, None)
+    clf.predict_proba(make_texts(300)[0])
+    assert clf.usage_.last.requests == 0
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_killed_worker_loses_only_what_was_in_flight(pg_url):
+    from skllmprob.testing.openai_stub import OpenAIStub
+
+    code = """
+        import sys
+        from cache_helpers import make_texts
+        from skllmprob import LogprobClassifier
+        url, base_url = sys.argv[1], sys.argv[2]
+        clf = LogprobClassifier("stub-model", labels=["positive", "negative"],
+                                base_url=base_url, cache=url, progress=False,
+                                max_concurrency=4).fit(None, None)
+        clf.predict_proba(make_texts(200)[0])
+    """
+    with OpenAIStub(latency=0.02) as stub:
+        proc = _python(code, pg_url, stub.base_url)
+        deadline = time.monotonic() + 60
+        while stub.requests < 100 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        sent = stub.requests
+        assert 100 <= sent < 200
+        committed = rows(pg_url, "SELECT count(*) FROM skllmprob_completions")[0][0]
+        assert rows(pg_url, "SELECT count(*) FROM skllmprob_claims")[0][0] > 0  # left behind
+        assert sent - 8 <= committed <= sent
+        start = time.monotonic()
+        clf = LogprobClassifier(
+            "stub-model",
+            labels=["positive", "negative"],
+            base_url=stub.base_url,
+            cache=pg_url,
+            progress=False,
+        ).fit(None, None)
+        clf.predict_proba(make_texts(200)[0])
+        # The dead worker's leases (60 s) were taken over at once: its session is gone.
+        assert time.monotonic() - start < 20
+        assert clf.usage_.last.requests == 200 - committed
+        assert stub.requests - sent == 200 - committed
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_uses_its_own_connections(pg_url):
+    import multiprocessing as mp
+
+    clf = det_clf(pg_url).fit(None, None)
+    texts, _ = make_texts(20)
+    clf.predict_proba(texts[:10])
+    with mp.get_context("fork").Pool(2) as pool:
+        results = pool.map(_child_predict, [(clf, texts[5:15]), (clf, texts[10:20])])
+    assert [r.shape for r in results] == [(10, 2), (10, 2)]
+    assert clf.cache_info().entries == 20
+    clf.predict_proba(texts)
+    assert clf.usage_.last.requests == 0
+
+
+def _child_predict(args):
+    clf, texts = args
+    return clf.predict_proba(texts)
+
+
+# ----------------------------------------------------------------- the password
+
+
+def test_password_is_in_no_repr_pickle_error_or_log(pg_server, pg_url, caplog, monkeypatch):
+    secret = pg_server.password
+    caplog.set_level(logging.DEBUG)
+    cache = open_postgres(pg_url)
+    shown = [repr(cache), str(cache), cache.path, str(cache.info())]
+    assert all(secret not in s for s in shown), shown
+    assert "//skllm_app@127.0.0.1" in repr(cache)
+    blob = pickle.dumps(cache)
+    assert secret.encode() not in blob
+    assert pickle.loads(blob) is cache  # this process: the open instance
+
+    # A write error naming the URL: the warning and the log are scrubbed.
+    def fail(conn, items):
+        raise psycopg.OperationalError(f"server at {pg_url} is gone ({secret})")
+
+    monkeypatch.setattr(PostgresCache, "_insert", staticmethod(fail))
+    with pytest.warns(RuntimeWarning, match="could not write") as warned:
+        fetch_completions(DeterministicBackend(name="pg-mask"), cache, Query(5), ["a", "b"])
+    assert all(secret not in str(w.message) for w in warned)
+    assert "***" in str(warned[0].message)
+    monkeypatch.undo()
+    with pytest.raises(CacheError) as e:
+        PostgresCache(pg_url.replace(secret, secret + "x"))
+    assert secret not in str(e.value) and "password" in str(e.value)
+    with pytest.raises(CacheError) as e:
+        PostgresCache(pg_url.rsplit("/", 1)[0] + "/no_such_db")
+    assert secret not in str(e.value) and "no_such_db" in str(e.value)
+    assert all(secret not in r.getMessage() for r in caplog.records)
+
+
+def test_unpickled_cache_reads_the_password_from_the_environment(pg_server, pg_url):
+    PostgresCache(pg_url)
+    blob = pickle.dumps(PostgresCache(pg_url)).hex()
+    code = """
+        import pickle, sys
+        cache = pickle.loads(bytes.fromhex(sys.argv[1]))
+        print(cache.info().entries)
+    """
+    env = {k: v for k, v in ENV.items() if k not in ("PGPASSWORD", "PGPASSFILE")}
+    env["PGPASSFILE"] = os.devnull
+    out, err = _python(code, blob, env=env).communicate(timeout=60)
+    assert "PGPASSWORD" in err and pg_server.password not in err
+    out, err = _python(code, blob, env={**env, "PGPASSWORD": pg_server.password}).communicate(
+        timeout=60
+    )
+    assert out.strip() == "0", err
+
+
+# ----------------------------------------------------------------- other schemes
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://localhost:6379/0", "http://u:pw@example.org/c", "s3://bucket/cache"]
+)
+def test_unsupported_url_schemes_are_a_clear_error(url, reviews, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    texts, labels = reviews
+    with pytest.raises(ConfigurationError, match="postgresql://user@host") as e:
+        det_clf(url).fit(texts, labels)
+    assert "pw" not in str(e.value)
+    assert url.split("://")[0] in str(e.value)
+    assert list(tmp_path.iterdir()) == []  # no folder named after the scheme
+
+
+def test_missing_psycopg_gives_the_install_hint(monkeypatch):
+    import skllmprob.pgcache as pg
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    with pytest.raises(CacheError, match=r"pip install 'skllmprob\[postgres\]'"):
+        pg.PostgresCache("postgresql://app@127.0.0.1:1/db")
