@@ -38,7 +38,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -48,6 +47,7 @@ from ._secrets import mask_url
 from .backends.base import Completion
 from .cache import _DECODE_ERRORS, CacheInfo, _decode, _encode
 from .exceptions import CacheError, ConfigurationError
+from .pgclaims import _DEAD_CLAIMS, PgClaimSession, _psycopg
 
 try:  # the memory layer of the cache package
     from .cache.memory import MemoryLayer as _Memory
@@ -78,25 +78,6 @@ STATS_EVERY = 5.0
 _CHUNK = 10_000  # keys per ``= ANY(%s)``
 _LOCK_ID = 0x736B6C6C6D  # advisory lock serializing the schema creation
 
-_CLAIM = """
-INSERT INTO skllmprob_claims AS c (key, owner, backend_pid, expires)
-SELECT k, %(owner)s, pg_backend_pid(), now() + make_interval(secs => %(lease)s)
-FROM unnest(%(keys)s::bytea[]) AS k
-ON CONFLICT (key) DO UPDATE
-SET owner = EXCLUDED.owner, backend_pid = EXCLUDED.backend_pid, expires = EXCLUDED.expires
-WHERE c.owner = EXCLUDED.owner OR c.expires < now()
-   OR NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(c.backend_pid))
-RETURNING key
-"""
-_LIVE_CLAIMS = """
-SELECT count(*) FROM skllmprob_claims AS c
-WHERE c.key = ANY(%s) AND c.expires >= now()
-  AND EXISTS (SELECT 1 FROM pg_stat_get_activity(c.backend_pid))
-"""
-_DEAD_CLAIMS = """
-DELETE FROM skllmprob_claims AS c
-WHERE c.expires < now() OR NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(c.backend_pid))
-"""
 _TABLES = (
     "CREATE TABLE IF NOT EXISTS skllmprob_meta (name text PRIMARY KEY, value text NOT NULL)",
     "CREATE TABLE IF NOT EXISTS skllmprob_completions (key bytea PRIMARY KEY,"
@@ -107,17 +88,6 @@ _TABLES = (
 )
 _COUNTERS = ("hits", "misses", "saved_tokens", "waited", "corrupt", "writes")
 _TOTALS = ("hits", "misses", "saved_tokens")
-
-
-def _psycopg():
-    try:
-        import psycopg
-    except ImportError as e:
-        raise CacheError(
-            "a postgresql:// cache needs psycopg 3: pip install 'skllmprob[postgres]' "
-            "(or pip install 'psycopg[binary]')."
-        ) from e
-    return psycopg
 
 
 def is_postgres_url(value: object) -> bool:
@@ -193,6 +163,7 @@ class PostgresCache:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._idle: list = []
+        weakref.finalize(self, _close_idle, self._idle, self._pid)
         self._stats = dict.fromkeys(_COUNTERS, 0)
         self._pending = dict.fromkeys(_TOTALS, 0)
         self._flushed = time.monotonic()
@@ -465,10 +436,7 @@ class PostgresCache:
     def close(self) -> None:
         """Close this process's idle connections (they reopen when needed)."""
         with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            with contextlib.suppress(Exception):
-                conn.close()
+            _close_idle(self._idle, self._pid)
 
     def __repr__(self) -> str:
         return f"PostgresCache({self.path!r})"
@@ -477,187 +445,22 @@ class PostgresCache:
         return (_reopen, (_without_password(self._url), self._memory_mb, self.claim_timeout))
 
 
+def _close_idle(conns: list, pid: int) -> None:
+    """Close the idle connections of ``conns`` if they belong to this process."""
+    if pid != os.getpid():
+        return
+    idle = list(conns)
+    conns.clear()
+    for conn in idle:
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
 def _reopen(url: str, memory_mb: float | None, claim_timeout: float) -> PostgresCache:
     cache = open_postgres(url)
     if cache.claim_timeout != claim_timeout or cache._memory_mb != memory_mb:
         return PostgresCache(url, memory_mb=memory_mb, claim_timeout=claim_timeout)
     return cache
-
-
-#: Seconds between renewals of a session's claims (at most a third of the lease).
-HEARTBEAT = 5.0
-
-
-class PgClaimSession:
-    """One fetch's coordination with the other sessions using the database.
-
-    :meth:`claim` takes the leases of the missing keys nobody else holds;
-    :meth:`submit` queues a result for the writer thread, which commits whatever has
-    arrived in one transaction, drops the matching claims and renews the others;
-    :meth:`wait` polls for keys claimed by live sessions elsewhere; :meth:`close`
-    flushes the writer and releases the claims left (failed requests), so that
-    others take them over at once.
-    """
-
-    def __init__(self, cache: PostgresCache) -> None:
-        self.cache = cache
-        self.owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:16]}"
-        self.waited = 0
-        self.error: BaseException | None = None
-        self._cond = threading.Condition()
-        self._queue: list[tuple[bytes, Completion]] = []
-        self._closing = False
-        self._holding = False
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> PgClaimSession:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def claim(self, keys: Sequence[bytes]) -> tuple[dict[bytes, Completion], list, list]:
-        """Claim the keys nobody requests yet, then look them up.
-
-        Returns ``(found, mine, theirs)``: entries that exist by now, keys this
-        session must request, keys a live session elsewhere is requesting.
-        """
-        psycopg = _psycopg()
-        cache, keys = self.cache, list(keys)
-        params = {"owner": self.owner, "lease": cache.claim_timeout, "keys": keys}
-        try:
-            with cache._borrow() as conn:
-                claimed = {bytes(r[0]) for r in conn.execute(_CLAIM, params).fetchall()}
-                # Looked up after claiming: an entry committed before our claim is seen.
-                found = cache._select(conn, keys, report=False)
-                done = [k for k in claimed if k in found]
-                if done:
-                    conn.execute(
-                        "DELETE FROM skllmprob_claims WHERE owner = %s AND key = ANY(%s)",
-                        (self.owner, done),
-                    )
-        except psycopg.Error as e:
-            # Without coordination every missing key is ours: correct, maybe paid twice.
-            logger.warning(
-                "cannot claim prompts in the cache %s: %s", cache.path, cache.scrub(str(e))
-            )
-            return {}, keys, []
-        mine = [k for k in keys if k in claimed and k not in found]
-        theirs = [k for k in keys if k not in claimed and k not in found]
-        if mine:
-            self._holding = True
-            self._start_writer()
-        return found, mine, theirs
-
-    def wait(self, keys: Sequence[bytes], *, poll: float = 0.005) -> dict[bytes, Completion]:
-        """Wait until every key is written or one is no longer claimed by a live
-        session (then :meth:`claim` it again). Returns the entries found."""
-        psycopg = _psycopg()
-        cache, pending = self.cache, list(keys)
-        found: dict[bytes, Completion] = {}
-        delay = poll
-        while pending:
-            try:
-                with cache._borrow() as conn:
-                    found.update(cache._select(conn, pending, report=False))
-                    pending = [k for k in pending if k not in found]
-                    live = conn.execute(_LIVE_CLAIMS, (pending,)).fetchone()[0] if pending else 0
-            except psycopg.Error as e:
-                logger.warning(
-                    "cannot read claims in the cache %s: %s", cache.path, cache.scrub(str(e))
-                )
-                break
-            if live < len(pending) or not pending:
-                break  # written, or released / expired: the caller claims the rest again
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.2)
-        self.waited += len(found)
-        return found
-
-    # -- writing ------------------------------------------------------------------------
-
-    def submit(self, key: bytes, completion: Completion) -> None:
-        """Queue a result for the writer thread (thread-safe, returns at once)."""
-        self.cache._memory.put_many([(key, completion)])
-        with self._cond:
-            self._queue.append((key, completion))
-            self._cond.notify()
-        if self._thread is None:
-            self._start_writer()
-
-    def _start_writer(self) -> None:
-        with self._cond:
-            if self._thread is None and not self._closing:
-                self._thread = threading.Thread(
-                    target=self._writer, name="skllmprob-pgcache-writer", daemon=True
-                )
-                self._thread.start()
-
-    def _next_batch(self, timeout: float) -> tuple[list, bool]:
-        with self._cond:
-            if not self._queue and not self._closing:
-                self._cond.wait(timeout)
-            batch, self._queue = self._queue, []
-            return batch, self._closing
-
-    def _writer(self) -> None:
-        every = min(HEARTBEAT, self.cache.claim_timeout / 3)
-        renewed = time.monotonic()
-        done = False
-        while not done:
-            batch, done = self._next_batch(every)
-            renew = self._holding and time.monotonic() - renewed >= every / 2
-            if not (batch or renew):
-                continue
-            try:
-                self._flush(batch, renew)
-            except Exception as e:  # the answers themselves stay in memory
-                message = self.cache.scrub(str(e))
-                if self.error is None:
-                    self.error = CacheError(message)
-                logger.warning(
-                    "could not write to the completion cache %s: %s", self.cache.path, message
-                )
-            if renew:
-                renewed = time.monotonic()
-
-    def _flush(self, batch: list, renew: bool) -> None:
-        cache = self.cache
-        with cache._borrow() as conn, conn.transaction():
-            if batch:
-                cache._insert(conn, batch)
-                conn.execute(
-                    "DELETE FROM skllmprob_claims WHERE owner = %s AND key = ANY(%s)",
-                    (self.owner, [k for k, _ in batch]),
-                )
-            if renew:
-                conn.execute(
-                    "UPDATE skllmprob_claims SET expires = now() + make_interval(secs => %s)"
-                    " WHERE owner = %s",
-                    (cache.claim_timeout, self.owner),
-                )
-        cache._count(writes=len(batch))
-
-    def close(self) -> BaseException | None:
-        """Flush queued results, release claims left; returns the first write error."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-            thread = self._thread
-        if thread is not None:
-            thread.join()
-        if self._holding:
-            try:
-                with self.cache._borrow() as conn:
-                    conn.execute("DELETE FROM skllmprob_claims WHERE owner = %s", (self.owner,))
-            except _psycopg().Error as e:
-                logger.warning(
-                    "could not release claims in the completion cache %s: %s",
-                    self.cache.path,
-                    self.cache.scrub(str(e)),
-                )
-            self._holding = False
-        return self.error
 
 
 # -- one instance per database and process -------------------------------------------
