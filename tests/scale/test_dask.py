@@ -39,7 +39,10 @@ def cluster(pg_server):
     password (neither is ever pickled)."""
     env = {
         "PYTHONPATH": os.pathsep.join(
-            str(p) for p in (ROOT, ROOT / "tests", ROOT / "tests/scale")
+            [
+                *map(str, (ROOT, ROOT / "tests", ROOT / "tests/scale")),
+                os.environ.get("PYTHONPATH", ""),
+            ]
         ),
         "OPENAI_API_KEY": KEY,
         "PGPASSWORD": pg_server.password,
