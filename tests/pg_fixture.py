@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["PgServer", "pg_server", "pg_url", "pytest_configure"]
+__all__ = ["PgServer", "available", "pg_server", "pg_url", "pytest_configure", "throwaway_server"]
 
 ROLE = "skllm_app"
 
@@ -119,12 +119,20 @@ def _start(base: Path, port: int, admin_password: str) -> None:
     )
 
 
-@pytest.fixture(scope="session")
-def pg_server():
-    """A PostgreSQL server for the whole test session."""
-    pytest.importorskip("psycopg", reason="the PostgreSQL cache needs psycopg 3")
+def available() -> str | None:
+    """Why a throwaway server cannot run here, or ``None`` when it can."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "the PostgreSQL cache needs psycopg 3: pip install 'psycopg[binary]'"
     if _binary("initdb") is None or _binary("pg_ctl") is None:
-        pytest.skip("PostgreSQL is not installed (initdb, pg_ctl): apt-get install postgresql")
+        return "PostgreSQL is not installed (initdb, pg_ctl): apt-get install postgresql"
+    return None
+
+
+@contextlib.contextmanager
+def throwaway_server():
+    """Start a server in a temporary folder; stop it and delete the folder after."""
     import psycopg
 
     base = Path(tempfile.mkdtemp(prefix="skllmprob-pg-"))
@@ -141,6 +149,16 @@ def pg_server():
         with contextlib.suppress(Exception):
             _run([_binary("pg_ctl"), "-D", str(base / "data"), "-m", "immediate", "stop"])
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A PostgreSQL server for the whole test session."""
+    reason = available()
+    if reason:
+        pytest.skip(reason)
+    with throwaway_server() as server:
+        yield server
 
 
 @pytest.fixture
