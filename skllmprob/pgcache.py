@@ -312,17 +312,11 @@ class PostgresCache:
                 if self._generation is not None:
                     self._memory.clear()
                 self._generation = generation
-            memget = self._memory.data.get
-            out: dict[bytes, Completion] = {}
-            rest = []
-            for k in keys:
-                c = memget(k)
-                if c is None:
-                    rest.append(k)
-                else:
-                    out[k] = c
-            if rest:
-                out.update(self._select(conn, list(dict.fromkeys(rest))))
+            keys = list(keys)
+            held = self._memory.data.get
+            out = {k: c for k in keys if (c := held(k)) is not None}
+            if len(out) < len(keys):
+                out.update(self._select(conn, [k for k in dict.fromkeys(keys) if k not in out]))
         return out
 
     # -- writing ----------------------------------------------------------------------
@@ -343,29 +337,26 @@ class PostgresCache:
 
     def put(self, key: bytes, completion: Completion) -> None:
         """Store one completion (committed at once)."""
-        self.put_many([(key, completion)])
+        self.put_many(((key, completion),))
 
     def put_many(self, items: Iterable[tuple[bytes, Completion]]) -> None:
         """Store completions in one transaction (an existing entry is kept)."""
-        items = list(items)
-        if not items:
-            return
-        with self._connection("write to") as conn:
-            self._insert(conn, items)
-        self._memory.put_many(items)
-        self._count(writes=len(items))
+        batch = list(items)
+        if batch:
+            with self._connection("write to") as conn:
+                self._insert(conn, batch)
+            self._memory.put_many(batch)
+            self._count(writes=len(batch))
 
     def session(self) -> PgClaimSession:
-        """A :class:`PgClaimSession` to fetch missing completions in coordination
-        with other threads, processes and machines."""
+        """A new :class:`PgClaimSession` (one per fetch)."""
         return PgClaimSession(self)
 
     # -- statistics -------------------------------------------------------------------
 
     def _count(self, **counts: int) -> None:
         with self._lock:
-            for name, n in counts.items():
-                self._stats[name] += n
+            self._stats.update({k: self._stats[k] + n for k, n in counts.items()})
 
     def record(self, *, hits: int = 0, misses: int = 0, saved_tokens: int = 0, waited: int = 0):
         """Count lookups in this process; the database's totals are updated by calls

@@ -81,10 +81,9 @@ class PgClaimSession:
         self.owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:16]}"
         self.waited = 0
         self.error: BaseException | None = None
-        self._cond = threading.Condition()
-        self._queue: list[tuple[bytes, Completion]] = []
-        self._closing = False
-        self._holding = False
+        # Results waiting for the writer thread, and its state.
+        self._cond, self._queue = threading.Condition(), []
+        self._closing = self._holding = False
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> PgClaimSession:
@@ -122,8 +121,9 @@ class PgClaimSession:
         mine = [k for k in keys if k in claimed and k not in found]
         theirs = [k for k in keys if k not in claimed and k not in found]
         if mine:
-            self._holding = True
-            self._start_writer()
+            with self._cond:
+                self._holding = True
+                self._writer_running()
         return found, mine, theirs
 
     def wait(self, keys: Sequence[bytes], *, poll: float = 0.005) -> dict[bytes, Completion]:
@@ -158,17 +158,16 @@ class PgClaimSession:
         self.cache._memory.put_many([(key, completion)])
         with self._cond:
             self._queue.append((key, completion))
+            self._writer_running()
             self._cond.notify()
-        if self._thread is None:
-            self._start_writer()
 
-    def _start_writer(self) -> None:
-        with self._cond:
-            if self._thread is None and not self._closing:
-                self._thread = threading.Thread(
-                    target=self._writer, name="skllmprob-pgcache-writer", daemon=True
-                )
-                self._thread.start()
+    def _writer_running(self) -> None:
+        """Start the writer thread unless it runs (call with ``self._cond`` held)."""
+        if self._thread is None and not self._closing:
+            self._thread = threading.Thread(
+                target=self._writer, name="skllmprob-pgcache-writer", daemon=True
+            )
+            self._thread.start()
 
     def _next_batch(self, timeout: float) -> tuple[list, bool]:
         with self._cond:
@@ -219,19 +218,20 @@ class PgClaimSession:
         """Flush queued results, release claims left; returns the first write error."""
         with self._cond:
             self._closing = True
-            self._cond.notify()
-            thread = self._thread
-        if thread is not None:
-            thread.join()
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
         if self._holding:
-            try:
-                with self.cache._borrow() as conn:
-                    conn.execute("DELETE FROM skllmprob_claims WHERE owner = %s", (self.owner,))
-            except _psycopg().Error as e:
-                logger.warning(
-                    "could not release claims in the completion cache %s: %s",
-                    self.cache.path,
-                    self.cache.scrub(str(e)),
-                )
             self._holding = False
+            self._release()
         return self.error
+
+    def _release(self) -> None:
+        """Drop this session's claims left (failed requests): others take them now."""
+        cache = self.cache
+        try:
+            with cache._borrow() as conn:
+                conn.execute("DELETE FROM skllmprob_claims WHERE owner = %s", (self.owner,))
+        except _psycopg().Error as e:
+            message = cache.scrub(str(e))
+            logger.warning("could not release claims in the cache %s: %s", cache.path, message)

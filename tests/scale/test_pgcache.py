@@ -150,28 +150,23 @@ def test_corrupt_row_is_a_counted_miss_and_gets_rewritten(pg_url, reviews):
 
 
 def test_concurrent_fetches_of_the_same_prompts_send_each_once(pg_url, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
     cache = PostgresCache(pg_url)
-    count_file = tmp_path / "count"
-    backend = FileCountingBackend(count_file=str(count_file), name="pg-threads", latency=0.005)
+    counter = tmp_path / "count"
+    backend = FileCountingBackend(count_file=str(counter), name="pg-threads", latency=0.005)
     prompts = [f"Text: {i}\nAnswer:" for i in range(40)]
-    outs, errors = [], []
-
-    def run(ps):
-        try:
-            outs.append(fetch_completions(backend, cache, Query(5), ps))
-        except BaseException as e:  # pragma: no cover
-            errors.append(e)
-
-    threads = [
-        threading.Thread(target=run, args=(ps,)) for ps in (prompts, prompts[::-1], prompts[10:30])
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    assert count(count_file) == 40
-    assert sum(u.requests for _, u in outs) == 40
+    orders = [prompts, prompts[::-1], prompts[10:30], prompts[5:] + prompts[:5]]
+    with ThreadPoolExecutor(len(orders)) as pool:
+        usages = [
+            u
+            for _, u in pool.map(
+                lambda ps: fetch_completions(backend, cache, Query(5), ps), orders
+            )
+        ]
+    assert count(counter) == 40
+    assert sum(u.requests for u in usages) == 40
+    assert sum(u.cache_hits for u in usages) == sum(map(len, orders)) - 40
     assert cache.info().waited > 0
     assert rows(pg_url, "SELECT count(*) FROM skllmprob_claims") == [(0,)]
 
@@ -188,11 +183,10 @@ def test_a_live_silent_claim_is_waited_for_then_taken_over(pg_url):
             " now() + interval '0.5 seconds' FROM unnest(%s::bytea[]) AS k",
             (keys[:2],),
         )
-        start = time.monotonic()
-        _, usage = fetch_completions(backend, cache, Query(5), prompts)
-        waited = time.monotonic() - start
+        started = time.monotonic()
+        usage = fetch_completions(backend, cache, Query(5), prompts)[1]
+        assert 0.3 < time.monotonic() - started < 10  # waited for the lease to expire
     assert usage.requests == 4
-    assert 0.3 < waited < 10
 
 
 def test_claims_of_a_closed_session_are_taken_over_at_once(pg_url):
@@ -225,65 +219,46 @@ def test_a_released_claim_is_requested_by_the_waiter(pg_url):
     assert usage.requests == 3
 
 
-def _python(code: str, *args: str, env=None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
-        env=env or ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def _wait_for(condition, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
-def test_two_processes_send_each_prompt_once(pg_url, tmp_path):
-    count_file = tmp_path / "count"
-    code = """
-        import sys
-        from cache_helpers import FileCountingBackend, make_texts
-        from skllmprob import LogprobClassifier
-        url, count_file, which = sys.argv[1], sys.argv[2], int(sys.argv[3])
-        texts, _ = make_texts(300)
-        # Each process: 100 texts of its own and 200 shared ones, in its own order.
-        mine = texts[:200] + texts[200 + 50 * which: 250 + 50 * which]
-        mine = mine[::-1] if which else mine
-        backend = FileCountingBackend(count_file=count_file, latency=0.001)
-        clf = LogprobClassifier(labels=["positive", "negative"], backend=backend,
-                                cache=url, progress=False).fit(None, None)
-        for start in range(0, len(mine), 50):
-            clf.predict_proba(mine[start:start + 50])
-    """
-    procs = [_python(code, pg_url, str(count_file), str(w)) for w in (0, 1)]
-    for p in procs:
-        _, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err
-    assert count(count_file) == 300
-    assert rows(pg_url, "SELECT count(*) FROM skllmprob_completions") == [(300,)]
-    assert rows(pg_url, "SELECT count(*) FROM skllmprob_claims") == [(0,)]
-    clf = det_clf(pg_url).fit(None, None)
-    clf.predict_proba(make_texts(300)[0])
-    assert clf.usage_.last.requests == 0
+def _worker(url, base_url, n, which=0, concurrency=4) -> subprocess.Popen:
+    script = Path(__file__).with_name("pg_worker.py")
+    args = [str(a) for a in (url, base_url, n, which, concurrency)]
+    return subprocess.Popen([sys.executable, str(script), *args], env=ENV, stderr=subprocess.PIPE)
+
+
+def test_three_processes_send_each_prompt_once(pg_url):
+    from skllmprob.testing.openai_stub import OpenAIStub
+
+    with OpenAIStub(latency=0.005) as stub:
+        # 150 shared texts, each process in its own order, plus 40 texts of its own
+        # for workers 1 and 2.
+        procs = [_worker(pg_url, stub.base_url, 150, which) for which in range(3)]
+        for p in procs:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+        assert stub.requests == 150 + 2 * 40
+        assert max(stub.prompt_requests.values()) == 1
+        assert rows(pg_url, "SELECT count(*) FROM skllmprob_completions") == [(230,)]
+        assert rows(pg_url, "SELECT count(*) FROM skllmprob_claims") == [(0,)]
+        again = _worker(pg_url, stub.base_url, 150, 2)
+        _, err = again.communicate(timeout=120)
+        assert again.returncode == 0, err
+        assert stub.requests == 150 + 2 * 40  # the second run sends nothing
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
 def test_killed_worker_loses_only_what_was_in_flight(pg_url):
     from skllmprob.testing.openai_stub import OpenAIStub
 
-    code = """
-        import sys
-        from cache_helpers import make_texts
-        from skllmprob import LogprobClassifier
-        url, base_url = sys.argv[1], sys.argv[2]
-        clf = LogprobClassifier("stub-model", labels=["positive", "negative"],
-                                base_url=base_url, cache=url, progress=False,
-                                max_concurrency=4).fit(None, None)
-        clf.predict_proba(make_texts(200)[0])
-    """
     with OpenAIStub(latency=0.02) as stub:
-        proc = _python(code, pg_url, stub.base_url)
-        deadline = time.monotonic() + 60
-        while stub.requests < 100 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
+        proc = _worker(pg_url, stub.base_url, 200, concurrency=4)
+        _wait_for(lambda: stub.requests >= 100, timeout=60)
+        os.kill(proc.pid, signal.SIGKILL)
         proc.communicate()
         sent = stub.requests
         assert 100 <= sent < 200
@@ -368,12 +343,21 @@ def test_unpickled_cache_reads_the_password_from_the_environment(pg_server, pg_u
     """
     env = {k: v for k, v in ENV.items() if k not in ("PGPASSWORD", "PGPASSFILE")}
     env["PGPASSFILE"] = os.devnull
-    out, err = _python(code, blob, env=env).communicate(timeout=60)
-    assert "PGPASSWORD" in err and pg_server.password not in err
-    out, err = _python(code, blob, env={**env, "PGPASSWORD": pg_server.password}).communicate(
-        timeout=60
-    )
-    assert out.strip() == "0", err
+
+    def unpickle(env):
+        return subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code), blob],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    done = unpickle(env)
+    assert "PGPASSWORD" in done.stderr and pg_server.password not in done.stderr
+    done = unpickle({**env, "PGPASSWORD": pg_server.password})
+    assert done.stdout.strip() == "0", done.stderr
 
 
 # ----------------------------------------------------------------- other schemes
