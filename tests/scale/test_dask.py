@@ -169,3 +169,30 @@ def test_a_worker_without_the_api_key_says_why(cluster, stub, url):
     message = str(e.value)
     assert "never pickled" in message and "OPENAI_API_KEY" in message
     assert KEY not in message
+
+
+def test_killing_a_worker_mid_run_loses_nothing_committed(cluster, stub, url):
+    import signal
+    import time
+
+    texts, _ = make_texts(160, seed=17)
+    clf = make_clf(stub, url, max_concurrency=4).fit(None, None)
+    ddf = dd.from_pandas(pd.DataFrame({"text": texts}), npartitions=4)
+    before = stub.requests
+    future = cluster.compute(ddf.map_partitions(_proba_frame, clf, meta=_meta(clf)))
+    deadline = time.monotonic() + 60
+    while stub.requests - before < 40 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    victim = next(iter(cluster.run(os.getpid).values()))
+    assert not future.done()
+    os.kill(victim, signal.SIGKILL)  # the nanny starts a new worker; dask reruns its tasks
+    out = future.result(timeout=120)
+    assert victim not in cluster.run(os.getpid).values()
+    assert out.shape == (160, 2)
+    sent = stub.requests - before
+    # At most the killed worker's requests in flight (max_concurrency=4 per task,
+    # 2 tasks per worker) were paid twice; everything else was sent once.
+    assert 160 <= sent <= 160 + 8
+    local = clf.predict_proba(texts)
+    assert clf.usage_.last.requests == 0
+    np.testing.assert_array_equal(out.to_numpy(), local)
