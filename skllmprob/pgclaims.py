@@ -99,7 +99,7 @@ class PgClaimSession:
         session must request, keys a live session elsewhere is requesting.
         """
         psycopg = _psycopg()
-        cache, keys = self.cache, list(keys)
+        cache, keys = self.cache, list(dict.fromkeys(keys))  # ON CONFLICT: each key once
         params = {"owner": self.owner, "lease": cache.claim_timeout, "keys": keys}
         try:
             with cache._borrow() as conn:

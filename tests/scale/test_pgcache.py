@@ -382,3 +382,22 @@ def test_missing_psycopg_gives_the_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "psycopg", None)
     with pytest.raises(CacheError, match=r"pip install 'skllmprob\[postgres\]'"):
         pg.PostgresCache("postgresql://app@127.0.0.1:1/db")
+
+
+def test_statistics_are_written_by_calls_that_sent_requests(pg_url, reviews):
+    texts, _ = reviews
+    clf = det_clf(pg_url, backend=DeterministicBackend(name="pg-stats")).fit(None, None)
+    clf.predict_proba(texts)
+    totals = "SELECT name, value FROM skllmprob_stats ORDER BY name"
+    assert dict(rows(pg_url, totals))["misses"] == len(texts)  # written at once
+    written = rows(pg_url, totals)
+    clf.predict_proba(texts)  # every prompt a hit: no write now
+    assert rows(pg_url, totals) == written
+    info = clf.cache_info()  # ... but counted, and flushed when asked
+    assert info.total_hits == info.hits == len(texts)
+    assert dict(rows(pg_url, totals))["hits"] == len(texts)
+    session = open_cache(pg_url).session()
+    keys = _keys(DeterministicBackend(name="pg-stats"), ["new", "new2"])
+    _, mine, _ = session.claim(keys + keys)  # a key twice is claimed once
+    assert mine == keys
+    session.close()
