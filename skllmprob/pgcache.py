@@ -1,31 +1,19 @@
 """A completion cache in PostgreSQL, shared by the processes of many machines.
 
-``cache="postgresql://user@host:5432/db"`` (or ``postgres://``; any libpq URL, query
-parameters included) holds the same content-addressed entries as the SQLite cache of
-:mod:`skllmprob.cache` (same keys, same value encoding), with the guarantees across
-machines that the SQLite file gives across the processes of one host:
-
-- one request per unique prompt: a process *claims* the prompts it is about to
-  send (``INSERT ... ON CONFLICT``). A claim is a lease of ``claim_timeout``
-  seconds that its owner renews while it works; anybody takes it over once it
-  expired, or at once when the database session that took it is gone (the
-  connection of a killed worker closes);
-- write-once answers, committed as they arrive by a writer thread: a killed worker
-  loses only what was in flight;
-- batched reads (``WHERE key = ANY(%s)``) behind the in-process memory layer;
-- statistics (:meth:`PostgresCache.info`), :meth:`PostgresCache.clear` (which
-  empties the memory layers of every process) and a schema version: a database
-  of a newer layout is refused with :class:`~skllmprob.exceptions.CacheError`.
+``cache="postgresql://user@host:5432/db"`` (or ``postgres://``; any libpq URL)
+holds the entries of the SQLite cache of :mod:`skllmprob.cache` (same keys, same
+value encoding) with the same guarantees across machines: one request per unique
+prompt (leased claims, :mod:`skllmprob.pgclaims`), write-once answers committed as
+they arrive, batched reads (``WHERE key = ANY(%s)``) behind the in-process memory
+layer, statistics, :meth:`PostgresCache.clear` (for every process) and a schema
+version (a newer layout is refused with :class:`~skllmprob.exceptions.CacheError`).
 
 The tables ``skllmprob_meta``, ``skllmprob_completions``, ``skllmprob_claims`` and
-``skllmprob_stats`` are created in the connection's schema (another one:
-``?options=-csearch_path%3Dmyschema``). The role needs to create them once, then
-to read and write them.
-
-The password of the URL never appears in a repr, a pickle, a log or an error
-message. A pickled cache reconnects without it, with libpq's ``$PGPASSWORD`` or
-``~/.pgpass`` of the machine that unpickles it (as API keys, it is never pickled).
-Each process has its own connections (a forked child opens new ones).
+``skllmprob_stats`` live in the connection's schema (another one:
+``?options=-csearch_path%3Dmyschema``). The URL's password never appears in a repr,
+a pickle, a log or an error message: a pickled cache reconnects with libpq's
+``$PGPASSWORD`` or ``~/.pgpass`` of the machine that unpickles it. Each process has
+its own connections (a forked child opens new ones).
 
 Needs psycopg 3: ``pip install "skllmprob[postgres]"``.
 """

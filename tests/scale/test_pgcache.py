@@ -401,3 +401,19 @@ def test_statistics_are_written_by_calls_that_sent_requests(pg_url, reviews):
     _, mine, _ = session.claim(keys + keys)  # a key twice is claimed once
     assert mine == keys
     session.close()
+
+
+def test_an_unreachable_database_fails_before_any_request(pg_url, reviews, monkeypatch):
+    texts, _ = reviews
+    clf = det_clf(pg_url, backend=DeterministicBackend(name="pg-down")).fit(None, None)
+    cache = open_cache(pg_url)
+    cache.close()  # no idle connection left: the next call connects
+
+    def down(self):
+        raise psycopg.OperationalError("connection refused")
+
+    monkeypatch.setattr(PostgresCache, "_connect", down)
+    before = DeterministicBackend.request_count("pg-down")
+    with pytest.raises(CacheError, match=r"cannot read the completion cache.*refused"):
+        clf.predict_proba(texts)
+    assert DeterministicBackend.request_count("pg-down") == before
