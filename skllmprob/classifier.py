@@ -15,7 +15,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import calibration as _cal
 from ._engine import fetch_completions
-from ._secrets import SecretKey, SecretParam
+from ._secrets import SecretKey, SecretParam, SecretURL, SecretURLParam
 from ._validation import check_fit_input, check_sample_weight, check_X, set_features
 from .backends.base import Backend
 from .backends.decisions.estimator import answer_descriptions, decision_call, warn_refusals
@@ -250,6 +250,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
     """
 
     api_key = SecretParam()
+    cache = SecretURLParam()
 
     _parameter_constraints: ClassVar[dict] = {
         "model": [str, os.PathLike, None],
@@ -270,7 +271,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         "endpoint": [StrOptions({"auto", "chat", "completions"})],
         "top_logprobs": [Interval(numbers.Integral, 1, None, closed="left")],
         "option_codes": [StrOptions({"auto", "never", "letters", "numbers"})],
-        "cache": ["boolean", str, os.PathLike],
+        "cache": ["boolean", str, os.PathLike, SecretURL],
         "max_concurrency": [Interval(numbers.Integral, 1, None, closed="left")],
         "timeout": [Interval(numbers.Real, 0, None, closed="neither")],
         "max_retries": [Interval(numbers.Integral, 0, None, closed="left")],
