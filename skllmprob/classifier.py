@@ -15,7 +15,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import calibration as _cal
 from ._engine import fetch_completions
-from ._secrets import SecretKey, SecretParam, SecretURL, SecretURLParam
+from ._secrets import SecretKey, SecretParam, SecretURL, SecretURLParam, reveal
 from ._validation import check_fit_input, check_sample_weight, check_X, set_features
 from .backends.base import Backend
 from .backends.decisions.estimator import answer_descriptions, decision_call, warn_refusals
@@ -250,6 +250,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
     """
 
     api_key = SecretParam()
+    base_url = SecretURLParam()
     cache = SecretURLParam()
 
     _parameter_constraints: ClassVar[dict] = {
@@ -266,7 +267,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
             StrOptions({"auto", "llamacpp", "openai", "deterministic", *_DECISIONS}),
             Backend,
         ],
-        "base_url": [str, None],
+        "base_url": [str, SecretURL, None],
         "api_key": [SecretKey, None],
         "endpoint": [StrOptions({"auto", "chat", "completions"})],
         "top_logprobs": [Interval(numbers.Integral, 1, None, closed="left")],
@@ -359,6 +360,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
     def _make_backend(self) -> Backend:
         """The backend settings object for the current parameters (cheap)."""
         settings = {name: getattr(self, name) for name in _BACKEND_PARAMS}
+        settings["base_url"] = reveal(settings["base_url"])  # a password arrives wrapped
         if self.api_key is None and getattr(self, "_api_key_dropped", False):
             settings["api_key"] = SecretKey(None, dropped=True)  # unpickled: key dropped
         return make_backend(**settings)

@@ -577,3 +577,29 @@ def test_the_cli_traceback_of_a_refused_key_shows_no_key(stub, monkeypatch, tmp_
     assert "Traceback" in err.getvalue() and "HTTP header" in err.getvalue()
     shown = out.getvalue() + err.getvalue()
     assert not [f for f in [bad[:12], bad[-12:], *NEEDLES] if f in shown]
+
+
+def test_a_password_in_base_url_stays_out_of_the_estimator_repr_params_and_pickle():
+    from sklearn.base import clone
+
+    secret = "PaSs-w0rd-XyZ"
+    with OpenAIStub() as stub:
+        url = stub.base_url.replace("http://", f"http://bob:{secret}@")
+        clf = LogprobClassifier("stub-model", labels=["positive", "negative"], base_url=url)
+        shown = [
+            repr(clf),
+            str(clf.get_params()),
+            clf._repr_html_(),
+            estimator_html_repr(GridSearchCV(clf, {"calibration_alpha": [0.1]})),
+            f"{clf.base_url}",
+        ]
+        assert all(secret not in s for s in shown)
+        assert "bob:***@127.0.0.1" in repr(clf)
+        assert clone(clf).base_url is clf.base_url
+        proba = clone(clf).fit(None, None).predict_proba(["a gem"])  # the URL works
+        assert proba.shape == (1, 2) and stub.requests == 1
+        blob = pickle.dumps(clf.fit(None, None))
+        assert secret.encode() not in blob
+        back = pickle.loads(blob)
+        assert back.base_url.startswith("http://bob@127.0.0.1")  # the password is not kept
+        assert back.predict_proba(["a gem"]).shape == (1, 2)  # answered from the cache

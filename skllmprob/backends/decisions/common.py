@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..._secrets import SecretKey, mask_url
+from ..._secrets import SecretKey, mask_url, reveal, wrap_url_secret
 from ...exceptions import ConfigurationError, RequestRejectedError
 from ..base import Backend, Completion, OnResult, Query
 from ..openai import errors
@@ -65,7 +65,8 @@ class DecisionBackendBase(Backend):
         if int(max_concurrency) < 1:
             raise ConfigurationError("max_concurrency must be at least 1.")
         self.model = model
-        self.base_url = base_url
+        # A password in the URL stays out of pickles and reprs (SecretURL).
+        self.base_url = wrap_url_secret(base_url)
         self.question = question
         self.instructions = instructions
         self.descriptions = (
@@ -105,7 +106,7 @@ class DecisionBackendBase(Backend):
     # -- resolved settings ----------------------------------------------------------------
 
     def resolved_base_url(self) -> str:
-        return _normalize_url(self.base_url or self.default_base_url)
+        return _normalize_url(reveal(self.base_url) or self.default_base_url)
 
     def shown_url(self) -> str:
         return mask_url(self.resolved_base_url())

@@ -8,7 +8,7 @@ import re
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ..._secrets import SecretKey, mask_url
+from ..._secrets import SecretKey, mask_url, reveal, wrap_url_secret
 from ...exceptions import ConfigurationError
 from ..base import Backend, Query
 
@@ -82,7 +82,8 @@ class OpenAISettings(Backend):
             endpoint, max_tokens_param, max_concurrency, requests_per_minute, tokens_per_minute
         )
         self.model = model
-        self.base_url = base_url
+        # A password in the URL stays out of pickles and reprs (SecretURL).
+        self.base_url = wrap_url_secret(base_url)
         self.endpoint = endpoint
         self.timeout = float(timeout)
         self.max_retries = int(max_retries)
@@ -111,7 +112,7 @@ class OpenAISettings(Backend):
 
     def resolved_base_url(self) -> str:
         """The server URL requests go to, normalized (no trailing slash)."""
-        url = self.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL
+        url = reveal(self.base_url) or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL
         return _normalize_url(url)
 
     def _host(self) -> str:
