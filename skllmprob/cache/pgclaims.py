@@ -32,7 +32,7 @@ logger = logging.getLogger("skllmprob.cache.postgres")
 _CLAIM = """
 INSERT INTO skllmprob_claims AS c (key, owner, backend_pid, expires)
 SELECT k, %(owner)s, pg_backend_pid(), now() + make_interval(secs => %(lease)s)
-FROM unnest(%(keys)s::bytea[]) AS k
+FROM (SELECT k FROM unnest(%(keys)s::bytea[]) AS k ORDER BY k) AS s
 ON CONFLICT (key) DO UPDATE
 SET owner = EXCLUDED.owner, backend_pid = EXCLUDED.backend_pid, expires = EXCLUDED.expires
 WHERE c.owner = EXCLUDED.owner OR c.expires < now()
@@ -100,18 +100,12 @@ class PgClaimSession:
         """
         psycopg = _psycopg()
         cache, keys = self.cache, list(dict.fromkeys(keys))  # ON CONFLICT: each key once
-        params = {"owner": self.owner, "lease": cache.claim_timeout, "keys": keys}
+        # Rows are locked in key order (the INSERT sorts them), so that two sessions
+        # claiming overlapping keys cannot deadlock each other; a deadlock with a
+        # renewal or release is retried, not taken as "no coordination".
+        params = {"owner": self.owner, "lease": cache.claim_timeout, "keys": sorted(keys)}
         try:
-            with cache._borrow() as conn:
-                claimed = {bytes(r[0]) for r in conn.execute(_CLAIM, params).fetchall()}
-                # Looked up after claiming: an entry committed before our claim is seen.
-                found = cache._select(conn, keys, report=False)
-                done = [k for k in claimed if k in found]
-                if done:
-                    conn.execute(
-                        "DELETE FROM skllmprob_claims WHERE owner = %s AND key = ANY(%s)",
-                        (self.owner, done),
-                    )
+            claimed, found = self._claim_retrying(psycopg, params, keys)
         except psycopg.Error as e:
             # Without coordination every missing key is ours: correct, maybe paid twice.
             logger.warning(
@@ -125,6 +119,27 @@ class PgClaimSession:
                 self._holding = True
                 self._writer_running()
         return found, mine, theirs
+
+    def _claim_retrying(self, psycopg, params: dict, keys: list, tries: int = 5):
+        cache = self.cache
+        for attempt in range(tries):
+            try:
+                with cache._borrow() as conn:
+                    claimed = {bytes(r[0]) for r in conn.execute(_CLAIM, params).fetchall()}
+                    # Looked up after claiming: an entry committed before our claim is seen.
+                    found = cache._select(conn, keys, report=False)
+                    done = [k for k in claimed if k in found]
+                    if done:
+                        conn.execute(
+                            "DELETE FROM skllmprob_claims WHERE owner = %s AND key = ANY(%s)",
+                            (self.owner, done),
+                        )
+                return claimed, found
+            except psycopg.errors.DeadlockDetected:
+                if attempt == tries - 1:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def wait(self, keys: Sequence[bytes], *, poll: float = 0.005) -> dict[bytes, Completion]:
         """Wait until every key is written or one is no longer claimed by a live

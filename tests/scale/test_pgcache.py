@@ -171,6 +171,36 @@ def test_concurrent_fetches_of_the_same_prompts_send_each_once(pg_url, tmp_path)
     assert rows(pg_url, "SELECT count(*) FROM skllmprob_claims") == [(0,)]
 
 
+def test_claims_in_opposite_orders_do_not_deadlock(pg_url, caplog):
+    # Two sessions claiming the same keys in opposite orders at the same moment:
+    # without a fixed lock order PostgreSQL aborts one with "deadlock detected", and
+    # that session would then request every key itself (seen on a loaded machine).
+    cache = PostgresCache(pg_url)
+    caplog.set_level(logging.WARNING)
+    for round_ in range(5):
+        keys = [f"round {round_} key {i}".encode() for i in range(400)]
+        orders = [keys, keys[::-1]]
+        sessions = [cache.session(), cache.session()]
+        start = threading.Barrier(2)
+        out: list = [None, None]
+
+        def claim(i, start=start, out=out, sessions=sessions, orders=orders):
+            start.wait()
+            out[i] = sessions[i].claim(orders[i])
+
+        threads = [threading.Thread(target=claim, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        mine = [set(o[1]) for o in out]
+        assert not (mine[0] & mine[1]), "a key claimed by both sessions"
+        assert len(mine[0] | mine[1]) == len(keys)
+        for session in sessions:
+            session.close()
+    assert not [r for r in caplog.records if "cannot claim" in r.getMessage()]
+
+
 def test_a_live_silent_claim_is_waited_for_then_taken_over(pg_url):
     cache = PostgresCache(pg_url, claim_timeout=0.5)
     backend = DeterministicBackend(name="pg-silent")
