@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from .. import calibration_ext as _ext
@@ -77,6 +79,8 @@ class BatchCalibrator(Calibrator):
     """
 
     name = "batch"
+    #: ``fit`` learns from the log-masses of unlabelled rows (``y=None``).
+    learns_from_rows: ClassVar[bool] = True
 
     def _fit(self, log_mass, y, sample_weight) -> None:
         if len(log_mass) == 0:
