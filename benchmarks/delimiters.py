@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.base import clone
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
@@ -137,9 +138,14 @@ def run(args) -> dict:
                     for t, c in zip(texts, y, strict=True)
                 ]
                 escaped = metrics(clf.predict_label_logprobs(breakout), y_idx)
-                renderer = clf.prompt_renderer_
-                raw = [renderer.prefix + t + renderer._trailer for t in breakout]
-                mass, _, _ = clf._score_prompts(raw, clf._make_backend())
+                # The same prompts without the escaping: rendered around a marker,
+                # then scored as they are by a '{text}'-only twin (same labels,
+                # backend and cache, so the same answers and cache keys).
+                marker = "\x00text\x00"
+                prefix, trailer = clf.render_prompts([marker])[0].split(marker)
+                raw = [prefix + t + trailer for t in breakout]
+                verbatim = clone(clf).set_params(prompt="{text}", examples=None)
+                mass = verbatim.fit(None, None).score_texts(raw).log_mass
                 unescaped = metrics(mass, y_idx)
                 row["breakout_accuracy_escaped"] = escaped["accuracy"]
                 row["breakout_coverage_escaped"] = escaped["coverage"]

@@ -1,7 +1,7 @@
 """Faults injected into long runs against an OpenAI-compatible server, and what came out.
 
-Runs the scenarios of :mod:`skllmprob.testing.faults` (the same code that
-``tests/test_reliability.py`` asserts on) at full size and prints one table:
+Runs the scenarios of ``tests/fault_server.py`` and ``tests/fault_clients.py`` (the
+same code that ``tests/test_reliability.py`` asserts on) at full size and prints one table:
 
 - mixed faults: 2,000 texts; 5% of all requests get a 429 with ``Retry-After``, 2% of
   the texts a 500 once, 1% of the texts no answer once (client timeout 1 s);
@@ -38,35 +38,41 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, str(ROOT))
+# The scenarios are test code (tests/fault_*.py), imported from the checkout; its
+# skllmprob first too, so that a checkout runs without installing.
+for _path in (ROOT / "tests", ROOT):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
-from skllmprob.testing import faults  # noqa: E402
+import fault_clients  # noqa: E402
+import fault_server  # noqa: E402
 
 
 def run(args) -> list:
     tmp = Path(tempfile.mkdtemp(prefix="skllmprob-faults-bench-"))
     os.environ.setdefault("SKLLMPROB_CACHE_DIR", str(tmp / "default-cache"))
     plan = {
-        "mixed": lambda: faults.mixed_faults(
+        "mixed": lambda: fault_server.mixed_faults(
             args.n,
             rate_429=args.rate_429,
             rate_500=args.rate_500,
             rate_timeout=args.rate_timeout,
             cache=str(tmp / "mixed.sqlite"),
         ),
-        "away": lambda: faults.server_goes_away(args.away_n, cache=str(tmp / "away.sqlite")),
-        "away-defaults": lambda: faults.server_goes_away(
+        "away": lambda: fault_server.server_goes_away(args.away_n, cache=str(tmp / "away.sqlite")),
+        "away-defaults": lambda: fault_server.server_goes_away(
             args.away_n,
             max_retries=5,
             max_concurrency=8,
             timeout=60.0,
             cache=str(tmp / "away-defaults.sqlite"),
         ),
-        "kill": lambda: faults.client_sigkills(
+        "kill": lambda: fault_clients.client_sigkills(
             args.kill_n, kills=args.kills, cache=str(tmp / "kill.sqlite")
         ),
-        "shared": lambda: faults.shared_cache(args.shared_n, cache=str(tmp / "shared.sqlite")),
+        "shared": lambda: fault_clients.shared_cache(
+            args.shared_n, cache=str(tmp / "shared.sqlite")
+        ),
     }
     results = []
     for name in args.scenarios:

@@ -48,6 +48,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from skllmprob.backends.base import Query  # noqa: E402
 from skllmprob.backends.llamacpp import LlamaCppBackend, default_model_path  # noqa: E402
+from skllmprob.llama_server import cpu_has_amx, plain_weight_layouts  # noqa: E402
 from skllmprob.prompts import DEFAULT_PROMPT, PromptRenderer  # noqa: E402
 from skllmprob.scoring import TokenMatcher, label_log_mass, normalize  # noqa: E402
 
@@ -101,19 +102,12 @@ class Measure:
 
 def by_hand(model_path: str, prompts: list[str], threads: int, same_kernels: bool):
     """llama-cpp-python as a user would call it: top-20 logprobs of one token."""
+    import contextlib
+
     import llama_cpp
-    from llama_cpp import llama_cpp as low
 
-    original = low.llama_model_default_params
-    if same_kernels:
-
-        def params():
-            p = original()
-            p.use_extra_bufts = False
-            return p
-
-        low.llama_model_default_params = params
-    try:
+    guard = plain_weight_layouts() if same_kernels else contextlib.nullcontext()
+    with guard:
         llm = llama_cpp.Llama(
             model_path=model_path,
             n_ctx=1024,
@@ -123,8 +117,6 @@ def by_hand(model_path: str, prompts: list[str], threads: int, same_kernels: boo
             logits_all=True,
             verbose=False,
         )
-    finally:
-        low.llama_model_default_params = original
     llm.create_completion("warm up", max_tokens=1, logprobs=20, temperature=0.0)
     tops = []
     with Measure("by hand") as m:
@@ -211,8 +203,15 @@ def main(argv=None) -> int:
 
     load = os.getloadavg()
     k = min(args.n_by_hand, len(prompts))
-    m1, p1, both1 = by_hand(model_path, prompts[:k], threads, same_kernels=False)
+    amx = cpu_has_amx()
     m1s, p1s, both1s = by_hand(model_path, prompts[:k], threads, same_kernels=True)
+    if amx:
+        # llama.cpp's default (repacked) layouts crash the process on AMX CPUs (see
+        # skllmprob.llama_server): method 1 runs with the plain layouts only.
+        print("AMX CPU: method 1 with llama.cpp's default kernels skipped (it crashes here)")
+        m1, p1, both1 = m1s, p1s, both1s
+    else:
+        m1, p1, both1 = by_hand(model_path, prompts[:k], threads, same_kernels=False)
     m2, p2, _, backend = skllmprob_backend(prompts, threads, 1)
     m2p, p2p, _, _ = skllmprob_backend(prompts, threads, args.parallel)
     m3, prefix_len, mean_own = floor(backend, prompts)
@@ -253,6 +252,8 @@ def main(argv=None) -> int:
         "mean_own_tokens": round(mean_own, 1),
         "machine": {
             "cpus": os.cpu_count(),
+            "amx": amx,
+            "method_1_default_kernels": "skipped (crashes on AMX)" if amx else "run",
             "python": platform.python_version(),
             "loadavg_before": [round(x, 2) for x in load],
             "loadavg_after": [round(x, 2) for x in load_after],

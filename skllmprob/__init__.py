@@ -13,9 +13,11 @@ from .exceptions import (
     InputError,
     LogprobsUnsupportedError,
     PartialResultsError,
+    RefitRequiredError,
     RequestRejectedError,
     SkllmprobError,
 )
+from .scores import TextScores
 
 __version__ = "0.1.0"
 
@@ -28,7 +30,9 @@ __all__ = [
     "LogprobClassifier",
     "LogprobsUnsupportedError",
     "PartialResultsError",
+    "RefitRequiredError",
     "RequestRejectedError",
     "SkllmprobError",
+    "TextScores",
     "__version__",
 ]

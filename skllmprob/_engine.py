@@ -40,6 +40,7 @@ def fetch_completions(
     prompts: Sequence[str],
     *,
     progress: bool | str = False,
+    usage: Usage | None = None,
 ) -> tuple[list[Completion], Usage]:
     """One completion per prompt, from the cache where possible.
 
@@ -48,11 +49,24 @@ def fetch_completions(
     requests in flight. Prompts another process is requesting at the same moment
     are waited for, not sent again.
 
+    Parameters
+    ----------
+    backend : Backend
+    cache : CompletionCache or NullCache
+    query : Query
+    prompts : sequence of str
+    progress : bool or "auto", default=False
+        A progress bar (tqdm) while requests run.
+    usage : Usage, optional
+        Filled in place as requests finish (counts are added), so that after an
+        exception it holds what was paid for. ``None``: a new one.
+
     Returns
     -------
     completions : list of Completion
         Aligned with ``prompts``.
     usage : Usage
+        ``usage`` itself when given.
 
     Examples
     --------
@@ -68,7 +82,8 @@ def fetch_completions(
     unique = list(dict.fromkeys(prompts))
     keys = keyer.many(unique)
     results = cache.get_many(keys)
-    usage = Usage(prompts=len(unique))
+    usage = Usage() if usage is None else usage
+    usage.prompts += len(unique)
     sent: set[bytes] = set()
     waited = 0
     try:
@@ -79,11 +94,10 @@ def fetch_completions(
             )
     finally:
         hits = [results[k] for k in keys if k in results and k not in sent]
-        usage.cache_hits = len(hits)
-        usage.saved_tokens = sum(c.prompt_tokens + c.completion_tokens for c in hits)
-        cache.record(
-            hits=len(hits), misses=len(sent), saved_tokens=usage.saved_tokens, waited=waited
-        )
+        saved = sum(c.prompt_tokens + c.completion_tokens for c in hits)
+        usage.cache_hits += len(hits)
+        usage.saved_tokens += saved
+        cache.record(hits=len(hits), misses=len(sent), saved_tokens=saved, waited=waited)
     if len(unique) == len(prompts):
         return [results[k] for k in keys], usage
     key_of = dict(zip(unique, keys, strict=True))
@@ -153,10 +167,9 @@ def _send(backend, query, prompt_of, mine, results, sent, session, usage, bar, l
     try:
         backend.complete([prompt_of[k] for k in mine], query, on_result=on_result)
     except BaseException as e:
-        usage.failed = sum(k not in results for k in mine)
+        usage.failed += sum(k not in results for k in mine)
         if isinstance(e, PartialResultsError):
-            e.n_completed = usage.requests
-        e.usage = usage  # what was paid for before the failure
+            e.n_completed = len(sent)
         raise
     lost = [k for k in mine if k not in results]
     if lost:
@@ -164,5 +177,5 @@ def _send(backend, query, prompt_of, mine, results, sent, session, usage, bar, l
             f"the backend returned no result for {len(lost)} of {len(mine)} "
             "prompts without raising an error.",
             n_failed=len(lost),
-            n_completed=usage.requests,
+            n_completed=len(sent),
         )

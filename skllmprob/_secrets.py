@@ -113,7 +113,9 @@ def reveal(value: object) -> object:
     return value.reveal() if isinstance(value, SecretKey) else value
 
 
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/?#@\s]*)(?::[^/?#@\s]*)?@")
+_USERINFO = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/?#@\s]*)(?::[^/?#@\s]*)?@"
+)
 
 
 def mask_url(text: str) -> str:

@@ -41,6 +41,8 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import log_softmax, softmax
 
+from ._validation import check_sample_weight
+
 __all__ = [
     "DEFAULT_ALPHA",
     "LOG_PROB_FLOOR",
@@ -90,19 +92,9 @@ def _check_log_mass(log_mass: np.ndarray, name: str = "log_mass") -> np.ndarray:
     return z
 
 
-def _check_sample_weight(sample_weight, n: int) -> np.ndarray:
-    if sample_weight is None:
-        return np.ones(n)
-    w = np.asarray(sample_weight, dtype=float)
-    if w.ndim == 0:
-        w = np.full(n, float(w))
-    if w.shape != (n,):
-        raise ValueError(f"sample_weight has shape {w.shape}, expected ({n},).")
-    if not np.isfinite(w).all() or (w < 0).any():
-        raise ValueError("sample_weight must be finite and non-negative.")
-    if not (w > 0).any():
-        raise ValueError("sample_weight must contain at least one positive weight.")
-    return w
+def _weights(sample_weight, n: int) -> np.ndarray:
+    w = check_sample_weight(sample_weight, n)
+    return np.ones(n) if w is None else w
 
 
 def log_normalize(log_mass: np.ndarray) -> np.ndarray:
@@ -270,7 +262,7 @@ def fit_offsets(
         raise ValueError(f"prior must be {k} finite offsets, got {prior!r}.")
     if n == 0:
         return prior - prior.mean(), 1.0
-    w = _check_sample_weight(sample_weight, n)
+    w = _weights(sample_weight, n)
 
     class_weight = np.bincount(y, weights=w, minlength=k)
     present = np.flatnonzero(class_weight > 0)
@@ -360,7 +352,7 @@ def contextual_offsets(
     z = log_normalize(content_free_log_mass)
     if len(z) == 0:
         raise ValueError("contextual calibration needs at least one content-free input.")
-    w = _check_sample_weight(sample_weight, len(z))
+    w = _weights(sample_weight, len(z))
     p = (w[:, None] * np.exp(z)).sum(axis=0) / w.sum()
     b = -np.maximum(np.log(np.maximum(p, 1e-300)), LOG_PROB_FLOOR)
     return b - b.mean()
@@ -464,7 +456,7 @@ def threshold_metric_curve(
     if not np.isfinite(s).all():
         raise ValueError("scores must be finite.")
     y = y.astype(bool)
-    w = _check_sample_weight(sample_weight, len(s))
+    w = _weights(sample_weight, len(s))
     u, inv = np.unique(s, return_inverse=True)
     cands = np.concatenate(
         [[np.nextafter(u[0], -np.inf)], (u[:-1] + u[1:]) / 2, [np.nextafter(u[-1], np.inf)]]

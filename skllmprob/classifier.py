@@ -2,207 +2,56 @@
 
 from __future__ import annotations
 
-import math
+import copy
 import numbers
 import os
-import warnings
-from collections import Counter
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from dataclasses import replace
+from typing import ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
-from sklearn.exceptions import DataConversionWarning
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
 from . import calibration as _cal
-from . import scoring as _scoring
 from ._engine import fetch_completions
 from ._secrets import SecretKey, SecretParam
-from .backends.base import Backend, Query
+from ._validation import check_fit_input, check_sample_weight, check_X, set_features
+from .backends.base import Backend
+from .backends.factory import ANSWER_SETTINGS, check_unchanged, make_backend
 from .cache import open_cache
-from .exceptions import ConfigurationError, InputError
-from .prompts import DEFAULT_PROMPT, PromptRenderer, template_row_fields
-from .usage import UsageTracker
+from .calibrators import CALIBRATORS, Calibrator, LabelMetric, make_calibrator
+from .exceptions import ConfigurationError, ContextOverflowError
+from .labels import check_pos_label, example_answers, label_spec, sorted_classes
+from .prompts import (
+    DEFAULT_PROMPT,
+    PromptRenderer,
+    content_free_prompts,
+    render_table,
+    template_row_fields,
+)
+from .scores import TextScores
+from .scoring import coverage, make_scorer
+from .usage import Usage, UsageTracker
 
 __all__ = ["LogprobClassifier"]
 
-CALIBRATIONS = ("none", "bias", "affine", "threshold", "contextual", "contextual-bias")
-_LABELLED_CALIBRATIONS = ("bias", "affine", "threshold", "contextual-bias")
+#: The names of the built-in calibration methods (see :mod:`skllmprob.calibrators`).
+CALIBRATIONS = tuple(CALIBRATORS)
+_LABELLED_CALIBRATIONS = tuple(n for n, c in CALIBRATORS.items() if c.needs_labels)
 _N_OTHER_TOKENS = 20
-
-
-def _is_missing(value: object) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, float | np.floating) and math.isnan(value):
-        return True
-    return type(value).__name__ in ("NAType", "NaTType")
-
-
-def _describe_rows(idx: Sequence[int]) -> str:
-    shown = ", ".join(str(i) for i in idx[:10])
-    return shown + (f" and {len(idx) - 10} more" if len(idx) > 10 else "")
-
-
-class _Table:
-    """Validated input: 1-D texts or a 2-D table of cells."""
-
-    def __init__(self, texts=None, columns=None, rows=None, feature_names=None) -> None:
-        self.texts = texts
-        self.columns = columns
-        self.rows = rows
-        self.feature_names = feature_names
-
-    @property
-    def is_1d(self) -> bool:
-        return self.texts is not None
-
-    def __len__(self) -> int:
-        return len(self.texts) if self.is_1d else len(self.rows)
-
-    @property
-    def n_features(self) -> int:
-        return 1 if self.is_1d else len(self.columns)
-
-
-def _as_table(X: Any, *, name: str = "X") -> _Table:
-    """Check ``X`` and turn it into texts or rows of cells, with clear errors."""
-    if X is None:
-        raise InputError(f"{name} is None; pass a list of texts or a table of columns.")
-    if isinstance(X, str | bytes):
-        raise InputError(
-            f"{name} is a single {type(X).__name__}; pass a list of texts, e.g. [text]."
-        )
-    if hasattr(X, "toarray") or type(X).__module__.startswith("scipy.sparse"):
-        raise InputError(
-            f"{name} is a sparse matrix; LogprobClassifier reads raw text. Pass the texts "
-            "themselves (a list, array or pandas Series of str)."
-        )
-    if hasattr(X, "columns") and hasattr(X, "iloc"):  # a DataFrame
-        # Like scikit-learn, only string column names count as feature names.
-        names = np.asarray(X.columns, dtype=object)
-        if all(isinstance(c, str) for c in X.columns):
-            columns = list(X.columns)
-        else:
-            columns, names = [f"x{j}" for j in range(X.shape[1])], None
-        rows = [tuple(r) for r in X.itertuples(index=False, name=None)]
-        table = _Table(columns=columns, rows=rows, feature_names=names)
-    else:
-        if hasattr(X, "to_numpy") and getattr(X, "ndim", 1) == 1:  # a Series
-            X = X.to_numpy(dtype=object)
-        elif not isinstance(X, np.ndarray | list | tuple) and hasattr(X, "__array__"):
-            X = np.asarray(X)
-        if isinstance(X, np.ndarray):
-            if X.ndim == 0:
-                raise InputError(f"{name} is a scalar array; pass a list of texts.")
-            if X.ndim > 2:
-                raise InputError(
-                    f"{name} has {X.ndim} dimensions; pass a 1-D list of texts or a 2-D table."
-                )
-            arr = X
-        else:
-            try:
-                seq = list(X)
-            except TypeError as e:
-                raise InputError(
-                    f"{name} of type {type(X).__name__} is not a sequence of texts."
-                ) from e
-            if seq and all(isinstance(r, list | tuple | np.ndarray) for r in seq):
-                lengths = {len(r) for r in seq}
-                if len(lengths) != 1:
-                    raise InputError(
-                        f"{name} is a ragged nested list (rows of lengths "
-                        f"{sorted(lengths)}); every row of a table needs the same "
-                        "number of columns."
-                    )
-                arr = np.empty((len(seq), lengths.pop()), dtype=object)
-                for i, r in enumerate(seq):
-                    arr[i, :] = list(r)
-            else:
-                arr = np.empty(len(seq), dtype=object)
-                arr[:] = seq
-        if arr.ndim == 1:
-            table = _Table(texts=list(arr))
-        else:
-            if arr.shape[1] == 0:
-                raise InputError(
-                    f"{name} has 0 feature(s) (shape={arr.shape}) while a minimum of 1 is "
-                    "required: it has no columns."
-                )
-            columns = [f"x{j}" for j in range(arr.shape[1])]
-            table = _Table(columns=columns, rows=[tuple(r) for r in arr.tolist()])
-    _check_cells(table, name)
-    return table
-
-
-def _check_cells(table: _Table, name: str) -> None:
-    if table.is_1d:
-        bad_missing, bad_type = [], []
-        for i, v in enumerate(table.texts):
-            if isinstance(v, str):
-                continue
-            (bad_missing if _is_missing(v) else bad_type).append(i)
-        if bad_missing:
-            raise InputError(
-                f"{name} has missing values (None or NaN) at rows "
-                f"{_describe_rows(bad_missing)}; fill them (e.g. with '') or drop those "
-                "rows."
-            )
-        if bad_type:
-            i = bad_type[0]
-            kind = type(table.texts[i]).__name__
-            hint = " Decode bytes first (b.decode('utf-8'))." if kind == "bytes" else ""
-            raise InputError(
-                f"{name} must hold texts (str), but rows {_describe_rows(bad_type)} hold "
-                f"other types (row {i}: {kind}).{hint} To pass a table, give a 2-D array "
-                "or a DataFrame. Reshape your data with X.reshape(-1, 1) for one column "
-                "of values."
-            )
-        table.texts = [str(t) for t in table.texts]  # np.str_ -> str
-        _check_encodable(table.texts, name)
-        return
-    for i, row in enumerate(table.rows):
-        for j, v in enumerate(row):
-            if isinstance(v, str):
-                _check_encodable([v], f"{name} row {i}, column {table.columns[j]!r}:")
-                continue
-            if _is_missing(v):
-                raise InputError(
-                    f"{name} has a missing value (None or NaN) in row {i}, column "
-                    f"{table.columns[j]!r}; fill or drop it."
-                )
-            if isinstance(v, complex | np.complexfloating):
-                raise InputError(
-                    f"Complex data not supported: {name} row {i}, column "
-                    f"{table.columns[j]!r} holds a complex number."
-                )
-            if isinstance(v, bool | numbers.Number):
-                if isinstance(v, float | np.floating) and not math.isfinite(v):
-                    raise InputError(
-                        f"{name} holds an infinite value in row {i}, column "
-                        f"{table.columns[j]!r}; replace it with a finite number or text."
-                    )
-                continue
-            raise InputError(
-                f"{name} row {i}, column {table.columns[j]!r} holds a "
-                f"{type(v).__name__}; table cells must be str or numbers."
-            )
-
-
-def _check_encodable(texts: Sequence[str], name: str) -> None:
-    """Reject lone surrogates: no backend can send or tokenize them."""
-    for i, t in enumerate(texts):
-        try:
-            t.encode("utf-8")
-        except UnicodeEncodeError as e:
-            where = f"{name} row {i}" if not name.endswith(":") else name[:-1]
-            raise InputError(
-                f"{where} is not valid Unicode (a lone surrogate {t[e.start]!r} at "
-                f"character {e.start}); clean it, e.g. "
-                "text.encode('utf-8', 'replace').decode('utf-8')."
-            ) from e
+# The parameters make_backend takes.
+_BACKEND_PARAMS = (
+    "backend",
+    "model",
+    "base_url",
+    "api_key",
+    "endpoint",
+    "timeout",
+    "max_retries",
+    "max_concurrency",
+    "backend_options",
+)
 
 
 class LogprobClassifier(ClassifierMixin, BaseEstimator):
@@ -331,6 +180,19 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         code).
     uses_option_codes_ : bool
         Whether labels were replaced by option codes.
+    scorer_ : skllmprob.scoring.Scorer
+        Turns the backend's completions into class log-masses: exact (the backend
+        scores whole answers) or top-k (summed from the top tokens), chosen in
+        ``fit`` with the first tokens of the answers.
+    calibrator_ : skllmprob.calibrators.Calibrator
+        The fitted calibration method: ``calibrator_.predict_proba(log_mass)`` and
+        ``calibrator_.predict(log_mass)`` (class indices) on the ``log_mass`` of
+        :meth:`score_texts`. The four attributes below are read-only views of it.
+    backend_ : Backend
+        The backend ``fit`` used. Changing a parameter that changes the answers
+        (``backend``, ``model``, ``base_url``, ``endpoint``, ``backend_options``)
+        after ``fit`` makes predictions raise
+        :class:`~skllmprob.exceptions.RefitRequiredError` until ``fit`` runs again.
     bias_ : ndarray of shape (n_classes,)
         Offsets added to the normalized log-probabilities, centered to a mean of 0
         (zeros for ``"none"`` and ``"threshold"``).
@@ -385,7 +247,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         "labels": [list, tuple, np.ndarray, dict, None],
         "prompt": [str, None],
         "examples": [list, tuple, None],
-        "calibration": [StrOptions(set(CALIBRATIONS))],
+        "calibration": [str],  # a name of CALIBRATORS, checked in fit
         "scoring": [StrOptions(set(_cal.THRESHOLD_METRICS)), callable],
         "pos_label": [numbers.Real, str, "boolean", None],
         "calibration_alpha": [Interval(numbers.Real, 0, None, closed="left")],
@@ -414,7 +276,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         calibration="none",
         scoring="accuracy",
         pos_label=None,
-        calibration_alpha=0.3,
+        calibration_alpha=_cal.DEFAULT_ALPHA,
         content_free=("N/A", "", "[MASK]"),
         backend="auto",
         base_url=None,
@@ -480,80 +342,19 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
 
     def _make_backend(self) -> Backend:
         """The backend settings object for the current parameters (cheap)."""
-        options = dict(self.backend_options or {})
-        kind = self.backend
-        if isinstance(kind, Backend):
-            if self.model is not None or self.base_url is not None:
-                raise ConfigurationError(
-                    "backend= is a Backend instance, so model= and base_url= are not "
-                    "used; set them on the backend instead."
-                )
-            return kind
-        model = os.fspath(self.model) if self.model is not None else None
-        if kind == "auto":
-            local = model is None and self.base_url is None
-            local = local or (model is not None and model.lower().endswith(".gguf"))
-            kind = "llamacpp" if local else "openai"
-        if kind == "deterministic":
-            from .backends.deterministic import DeterministicBackend
+        settings = {name: getattr(self, name) for name in _BACKEND_PARAMS}
+        if self.api_key is None and getattr(self, "_api_key_dropped", False):
+            settings["api_key"] = SecretKey(None, dropped=True)  # unpickled: key dropped
+        return make_backend(**settings)
 
-            return DeterministicBackend(name=model or "deterministic", **options)
-        if kind == "llamacpp":
-            if self.base_url is not None:
-                raise ConfigurationError(
-                    "base_url is set, but the model is a local llama.cpp model; drop "
-                    "base_url, or give a server model name with backend='openai'."
-                )
-            from .backends.llamacpp import LlamaCppBackend
-
-            return LlamaCppBackend(
-                model_path=model,
-                chat=self.endpoint == "chat",
-                **options,
-            )
-        if model is None:
-            raise ConfigurationError(
-                "backend='openai' needs a model name, e.g. model='gpt-4o-mini'."
-            )
-        from .backends.openai import OpenAIBackend
-
-        api_key = self.api_key
-        if api_key is None and getattr(self, "_api_key_dropped", False):
-            api_key = SecretKey(None, dropped=True)  # unpickled: the key was dropped
-        return OpenAIBackend(
-            model=model,
-            base_url=self.base_url,
-            api_key=api_key,
-            endpoint=self.endpoint,
-            timeout=float(self.timeout),
-            max_retries=int(self.max_retries),
-            max_concurrency=int(self.max_concurrency),
-            **options,
-        )
-
-    def _label_spec(self) -> tuple[list, dict]:
-        """The labels in prompt order and their verbalizers, from ``labels``."""
-        if isinstance(self.labels, Mapping):
-            order = list(self.labels.keys())
-            words = {k: v for k, v in self.labels.items()}
-        else:
-            order = list(np.asarray(self.labels, dtype=object).ravel())
-            words = {k: str(k) for k in order}
-        if not order:
-            raise ConfigurationError("labels is empty; give at least two labels.")
-        for k in order:
-            if _is_missing(k):
-                raise ConfigurationError("labels contains None or NaN; remove it.")
-        dup = [k for k, n in Counter(order).items() if n > 1]
-        if dup:
-            raise ConfigurationError(f"labels contains duplicates: {dup}; list every label once.")
-        for k, w in words.items():
-            if not isinstance(w, str):
-                raise ConfigurationError(
-                    f"the verbalizer of label {k!r} is a {type(w).__name__}; map every "
-                    "label to the word (str) the model should answer with."
-                )
-        return order, words
+    def _fitted_backend(self) -> Backend:
+        """The backend for predictions, with the current runtime settings (timeout,
+        retries, concurrency, key); an error if a parameter that changes the
+        answers was changed since ``fit``."""
+        fitted = getattr(self, "_answer_settings_", None)
+        if fitted is not None:
+            check_unchanged(fitted, {n: getattr(self, n) for n in fitted})
+        return self._make_backend()
 
     # ----------------------------------------------------------------------- fit
 
@@ -575,195 +376,45 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         -------
         self : LogprobClassifier
         """
-        zero_shot = X is None or (hasattr(X, "__len__") and len(X) == 0)
-        if zero_shot:
-            if self.labels is None:
-                raise InputError(
-                    "zero-shot fit needs labels: LogprobClassifier(labels=[...])"
-                    ".fit(None, None); or pass labelled X and y."
-                )
-            if y is not None and len(y) != 0:
-                raise InputError("X is empty but y is not; pass both or neither.")
-            # An empty table still tells the columns to expect.
-            table = None if X is None else _as_table(X)
-            y_arr = np.empty(0, dtype=object)
-        else:
-            if y is None:
-                raise InputError(
-                    "LogprobClassifier requires y to be passed, but the target y is None."
-                    " For zero-shot use call fit(None, None) with labels=[...]."
-                )
-            table = _as_table(X)
-            y_arr = self._check_y(y, len(table))
-        if self.labels is not None:
-            order, words = self._label_spec()
-            unknown = sorted({str(v) for v in y_arr if v not in words})
-            if unknown:
-                raise InputError(
-                    f"y contains labels that are not in labels=: {unknown[:10]}; add "
-                    "them to labels or drop those samples."
-                )
-        else:
-            order = list(np.unique(y_arr))
-            if len(order) < 2:
-                raise InputError(
-                    f"y has one class ({order[0]!r}) and labels= is not set; a classifier "
-                    "needs at least 2 classes. Give the candidate labels with "
-                    "labels=[...], or pass samples of at least two classes."
-                )
-            words = {k: str(k) for k in order}
-        self.classes_ = self._sorted_classes(order)
-        if len(self.classes_) < 2:
-            raise ConfigurationError("labels must name at least 2 classes.")
+        if self.calibration not in CALIBRATORS:  # registered after import, too
+            raise ConfigurationError(
+                "The 'calibration' parameter of LogprobClassifier must be one of "
+                f"{list(CALIBRATORS)}; got {self.calibration!r}."
+            )
+        zero_shot, table, y_arr = check_fit_input(X, y, labels_given=self.labels is not None)
+        order, words = label_spec(self.labels, y_arr)
+        self.classes_ = sorted_classes(order)
 
         backend = self._make_backend()
-        verbalizers = [words[c] for c in self.classes_]
-        answers, codes = _scoring.resolve_answers(
-            verbalizers,
-            option_codes_mode=self.option_codes,
-            exact=backend.exact,
-            first_tokens=backend.first_tokens(verbalizers),
+        self.backend_ = backend
+        self._answer_settings_ = {n: copy.deepcopy(getattr(self, n)) for n in ANSWER_SETTINGS}
+        self.scorer_, self.uses_option_codes_ = make_scorer(
+            backend, [words[c] for c in self.classes_], self.option_codes
         )
-        self.answers_ = np.asarray(answers, dtype=object)
-        self.uses_option_codes_ = codes
-        self._set_features(X, table)
+        self.answers_ = np.asarray(self.scorer_.answers, dtype=object)
+        set_features(self, X, table)
         self.prompt_renderer_ = self._build_renderer(order, words)
         self.usage_ = UsageTracker()
 
-        if self.calibration == "threshold" and len(self.classes_) != 2:
-            raise ConfigurationError(
-                f"calibration='threshold' tunes a binary decision, but there are "
-                f"{len(self.classes_)} classes; use calibration='bias' or 'affine' for "
-                "several classes."
-            )
-        if self.calibration in _LABELLED_CALIBRATIONS and zero_shot:
-            raise InputError(
-                f"calibration={self.calibration!r} learns from labelled samples; pass X "
-                "and y to fit, or use calibration='none' or 'contextual' for zero-shot."
-            )
-        pos_label = self._check_pos_label()
-
-        k = len(self.classes_)
-        self.bias_ = np.zeros(k)
-        self.temperature_ = 1.0
-        self.threshold_ = None
-        self.pos_label_ = pos_label if self.calibration == "threshold" else None
+        calibrator = self._make_calibrator(labelled=not zero_shot)
         self.coverage_ = float("nan")
         self.other_tokens_ = {}
+        log_mass, y_idx, sw = None, None, None
         if not zero_shot:
-            log_mass, floored, completions = self._score_table(table, backend)
-            self.coverage_ = float(_scoring.coverage(log_mass, floored).mean())
-            matcher = self._matcher(backend)
-            other = _scoring.other_token_mass(
-                [c.tokens for c in completions], [c.logprobs for c in completions], matcher
-            )
+            sw = check_sample_weight(sample_weight, len(y_arr))
+            prompts = render_table(self.prompt_renderer_, table)
+            log_mass, floored, completions, _ = self._score_prompts(prompts, backend)
+            self.coverage_ = float(coverage(log_mass, floored).mean())
+            other = self.scorer_.other_tokens(completions)
             self.other_tokens_ = {
                 t: m / len(completions) for t, m in other.most_common(_N_OTHER_TOKENS)
             }
             index = {c: i for i, c in enumerate(self.classes_)}
             y_idx = np.array([index[v] for v in y_arr], dtype=int)
-            sw = self._check_sample_weight(sample_weight, len(y_idx))
-            self._fit_calibration(log_mass, y_idx, sw)
-        elif self.calibration == "contextual":
-            self._fit_calibration(None, None, None)
+        if calibrator.needs_content_free:
+            calibrator.set_params(content_free_log_mass=self._content_free_log_mass())
+        self.calibrator_ = calibrator.fit(log_mass, y_idx, sw)
         return self
-
-    def _check_pos_label(self):
-        """``pos_label`` as a class (``classes_[1]`` when ``None``), checked."""
-        if self.pos_label is None:
-            return self.classes_[1] if len(self.classes_) == 2 else None
-        if self.pos_label not in set(self.classes_.tolist()):
-            raise ConfigurationError(
-                f"pos_label={self.pos_label!r} is not a class; the classes are "
-                f"{self.classes_.tolist()}. Set pos_label to one of them."
-            )
-        if len(self.classes_) != 2:
-            raise ConfigurationError(
-                f"pos_label is set but there are {len(self.classes_)} classes; a "
-                "positive class only makes sense for binary problems. Leave "
-                "pos_label=None."
-            )
-        return self.classes_[self.classes_.tolist().index(self.pos_label)]
-
-    @staticmethod
-    def _check_sample_weight(sample_weight, n: int) -> np.ndarray | None:
-        if sample_weight is None:
-            return None
-        sw = np.asarray(sample_weight, dtype=float)
-        if sw.ndim == 0:
-            sw = np.full(n, float(sw))
-        if sw.shape != (n,):
-            raise InputError(
-                f"sample_weight.shape == {sw.shape}, expected ({n},): one weight per sample."
-            )
-        if not np.all(np.isfinite(sw)) or (sw < 0).any():
-            raise InputError("sample_weight must be finite and non-negative.")
-        if not (sw > 0).any():
-            raise InputError("Sample weights must contain at least one non-zero number.")
-        return sw
-
-    @staticmethod
-    def _sorted_classes(order: list) -> np.ndarray:
-        arr = np.asarray(order)
-        if arr.dtype.kind in "OUS" and (
-            not all(isinstance(v, str) for v in order)
-            # numpy's fixed-width strings drop trailing NULs: keep the labels intact.
-            or arr.tolist() != [str(v) for v in order]
-        ):
-            arr = np.asarray(order, dtype=object)
-        try:
-            return np.unique(arr)
-        except TypeError as e:
-            raise ConfigurationError(
-                f"labels of mixed types cannot be sorted ({e}); use labels of one type."
-            ) from e
-
-    def _check_y(self, y: Any, n: int) -> np.ndarray:
-        y_arr = np.asarray(y, dtype=object)
-        if y_arr.ndim != 1:
-            if y_arr.ndim == 2 and y_arr.shape[1] == 1:
-                warnings.warn(
-                    "A column-vector y was passed when a 1d array was expected; pass a "
-                    "1-D array of labels.",
-                    category=DataConversionWarning,
-                    stacklevel=3,
-                )
-                y_arr = y_arr.ravel()
-            else:
-                raise InputError(
-                    f"y should be a 1d array of labels, got shape {y_arr.shape}; "
-                    "LogprobClassifier does not do multi-output classification."
-                )
-        if len(y_arr) != n:
-            raise InputError(f"X has {n} samples but y has {len(y_arr)}; they must match.")
-        missing = [i for i, v in enumerate(y_arr) if _is_missing(v)]
-        if missing:
-            raise InputError(
-                f"y has missing labels (None or NaN) at rows {_describe_rows(missing)}; "
-                "drop those samples."
-            )
-        for v in y_arr:
-            if isinstance(v, float | np.floating) and not float(v).is_integer():
-                raise InputError(
-                    "Unknown label type: y holds continuous values; LogprobClassifier "
-                    "needs class labels."
-                )
-        try:
-            hash(tuple(y_arr.tolist()))
-        except TypeError as e:
-            raise InputError(f"y holds unhashable labels ({e}).") from e
-        return y_arr
-
-    def _set_features(self, X, table: _Table | None) -> None:
-        for attr in ("n_features_in_", "feature_names_in_"):
-            if hasattr(self, attr):
-                delattr(self, attr)
-        if table is None:
-            return  # zero-shot without data: any input whose columns fit the prompt
-        if table.is_1d:
-            self.n_features_in_ = 1
-        else:
-            validate_data(self, X, reset=True, skip_check_array=True)
 
     def _build_renderer(self, order: list, words: dict) -> PromptRenderer:
         template = DEFAULT_PROMPT if self.prompt is None else self.prompt
@@ -773,139 +424,52 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
             listed, names = [answer_of[c] for c in order], [words[c] for c in order]
         else:
             listed, names = [answer_of[c] for c in order], None
-        examples = []
-        for item in self.examples or ():
-            try:
-                x, label = item
-            except (TypeError, ValueError) as e:
-                raise ConfigurationError(
-                    f"examples must be (text, label) pairs; got {item!r}."
-                ) from e
-            if label not in answer_of:
-                raise ConfigurationError(
-                    f"example label {label!r} is not a class ({list(self.classes_)}); fix "
-                    "the example or add the label to labels=."
-                )
-            if isinstance(x, Mapping):
-                missing = [f for f in fields if f not in x]
-                if missing:
-                    raise ConfigurationError(f"example {x!r} lacks the prompt fields {missing}.")
-                row = dict(x)
-            elif isinstance(x, str):
-                if fields != ("text",):
-                    raise ConfigurationError(
-                        f"the prompt has fields {list(fields)}, so examples must be "
-                        "mappings of those fields, not plain strings."
-                    )
-                row = {"text": x}
-            else:
-                raise ConfigurationError(
-                    f"example text must be a str or a mapping, got {type(x).__name__}."
-                )
-            examples.append((row, answer_of[label]))
+        examples = example_answers(self.examples, answer_of, fields)
         return PromptRenderer(template, labels=listed, label_names=names, examples=examples)
 
-    def _fit_calibration(self, log_mass, y_idx, sample_weight) -> None:
-        """Learn ``bias_``, ``temperature_`` or ``threshold_`` (see ``calibration``)."""
-        method = self.calibration
-        if method == "none":
-            return
-        prior = None
-        if method in ("contextual", "contextual-bias"):
-            prior = _cal.contextual_offsets(self._content_free_log_mass())
-            self.bias_ = prior
-            if method == "contextual":
-                return
-        self._warn_missing_classes(y_idx, sample_weight)
-        if method in ("bias", "affine", "contextual-bias"):
-            self.bias_, self.temperature_ = _cal.fit_offsets(
-                log_mass,
-                y_idx,
-                alpha=float(self.calibration_alpha),
-                fit_temperature=method == "affine",
-                sample_weight=sample_weight,
-                prior=prior,
-            )
-        elif method == "threshold":
-            pos = int(np.flatnonzero(self.classes_ == self.pos_label_)[0])
-            p_pos = _cal.apply_offsets(log_mass, self.bias_)[:, pos]
-            is_pos = y_idx == pos
-            w = np.ones(len(y_idx)) if sample_weight is None else sample_weight
-            if not (w[is_pos].sum() > 0 and w[~is_pos].sum() > 0):
-                self.threshold_ = 0.5
-                return
-            self.threshold_ = _cal.fit_threshold(
-                p_pos, is_pos, self._threshold_metric(pos), sample_weight=sample_weight
-            )
-
-    def _warn_missing_classes(self, y_idx, sample_weight) -> None:
-        w = np.ones(len(y_idx)) if sample_weight is None else sample_weight
-        seen = np.bincount(y_idx, weights=w, minlength=len(self.classes_)) > 0
-        if seen.all():
-            return
-        absent = self.classes_[~seen].tolist()
-        if self.calibration == "threshold":
-            effect = "the threshold stays at 0.5"
-        elif self.calibration == "contextual-bias":
-            effect = "their offsets keep the contextual estimate (no correction)"
-        else:
-            effect = "their offsets stay neutral (0, the mean of all offsets)"
-        warnings.warn(
-            f"calibration={self.calibration!r}: the classes {absent} have no labelled "
-            f"sample (of positive weight), so {effect}. Add samples of every class to "
-            "calibrate them.",
-            UserWarning,
-            stacklevel=4,
-        )
-
-    def _threshold_metric(self, pos: int):
-        """``scoring`` for :func:`~skllmprob.calibration.fit_threshold`: a name, or
-        the user's callable on class labels wrapped to take booleans."""
-        metric = self.scoring
-        if isinstance(metric, str):
-            return metric
-        yes, no = self.classes_[pos], self.classes_[1 - pos]
-
-        def on_labels(y_true, y_pred, **kwargs):
-            return metric(np.where(y_true, yes, no), np.where(y_pred, yes, no), **kwargs)
-
-        return on_labels
+    def _make_calibrator(self, *, labelled: bool) -> Calibrator:
+        """The unfitted calibrator of ``calibration``, checked for the task."""
+        name = self.calibration
+        cls = CALIBRATORS[name]
+        cls.check_task(len(self.classes_), labelled=labelled)
+        pos_label = check_pos_label(self.pos_label, self.classes_)
+        wanted = set(cls.setting_names())
+        settings = {"classes": self.classes_, "alpha": float(self.calibration_alpha)}
+        if "pos_index" in wanted:
+            pos = int(np.flatnonzero(self.classes_ == pos_label)[0])
+            settings["pos_index"] = pos
+            settings["metric"] = LabelMetric.for_classes(self.scoring, self.classes_, pos)
+        return make_calibrator(name, **{k: v for k, v in settings.items() if k in wanted})
 
     def _content_free_log_mass(self) -> np.ndarray:
         """Score the content-free inputs (through the cache)."""
-        items = list(self.content_free)
-        if not items:
-            raise ConfigurationError(
-                "content_free is empty; give at least one content-free input, e.g. "
-                "content_free=('N/A', '', '[MASK]')."
-            )
-        renderer = self.prompt_renderer_
-        fields = renderer.row_fields
-        prompts = []
-        for item in items:
-            if isinstance(item, Mapping):
-                missing = [f for f in fields if f not in item]
-                if missing:
-                    raise ConfigurationError(
-                        f"content_free entry {item!r} lacks the prompt fields {missing}; "
-                        "give a value for each field, or a str that fills them all."
-                    )
-                prompts.append(renderer.render_one({f: item[f] for f in fields}))
-            elif isinstance(item, str):
-                prompts.append(renderer.render_one(dict.fromkeys(fields, item)))
-            else:
-                raise ConfigurationError(
-                    f"content_free entries must be str or dict, got {type(item).__name__} "
-                    f"({item!r})."
-                )
-        log_mass, _, _ = self._score_prompts(prompts, self._make_backend())
-        return log_mass
+        prompts = content_free_prompts(self.prompt_renderer_, self.content_free)
+        return self._score_prompts(prompts, self.backend_)[0]
+
+    # ------------------------------------------------- views of the calibrator
+
+    @property
+    def bias_(self) -> np.ndarray:
+        """The offsets of ``calibrator_`` (read-only)."""
+        return self.calibrator_.bias_
+
+    @property
+    def temperature_(self) -> float:
+        """The temperature of ``calibrator_`` (read-only)."""
+        return self.calibrator_.temperature_
+
+    @property
+    def threshold_(self) -> float | None:
+        """The decision threshold of ``calibrator_`` (read-only)."""
+        return self.calibrator_.threshold_
+
+    @property
+    def pos_label_(self):
+        """The positive class of ``calibration="threshold"``, else ``None``."""
+        pos = getattr(self.calibrator_, "pos_index", None)
+        return None if pos is None else self.classes_[pos]
 
     # ------------------------------------------------------------------- scoring
-
-    def _matcher(self, backend: Backend) -> _scoring.TokenMatcher:
-        answers = list(self.answers_)
-        return _scoring.TokenMatcher(answers, backend.first_tokens(answers))
 
     def render_prompts(self, X) -> list[str]:
         """The prompts that would be sent for ``X`` (after ``fit``).
@@ -919,90 +483,50 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         list of str
         """
         check_is_fitted(self)
-        return self._render(self._check_X(X))
+        return render_table(self.prompt_renderer_, check_X(self, X))
 
-    def _check_X(self, X) -> _Table:
-        table = _as_table(X)
-        if len(table) == 0:
-            raise InputError("X is empty; pass at least one text.")
-        if not hasattr(self, "n_features_in_"):
-            return table  # zero-shot fit without data: nothing to compare with
-        if not table.is_1d:  # feature names and counts, as scikit-learn checks them
-            validate_data(self, X, reset=False, skip_check_array=True)
-        expected = self.n_features_in_
-        if table.n_features != expected:
-            raise InputError(
-                f"X has {table.n_features} features, but LogprobClassifier is expecting "
-                f"{expected} features as input."
-            )
-        return table
+    def score_texts(self, X) -> TextScores:
+        """The model's raw class scores of ``X``, from one pass to the backend.
 
-    def _render(self, table: _Table) -> list[str]:
-        r = self.prompt_renderer_
-        fields = r.row_fields
-        if table.is_1d:
-            if fields != ("text",):
-                raise InputError(
-                    f"the prompt has the fields {list(fields)}, but X is 1-D texts; pass "
-                    "a DataFrame with those columns or use a prompt with '{text}'."
-                )
-            return r.render_texts(table.texts)
-        cols = table.columns
-        if fields == ("text",) and len(cols) == 1:
-            return r.render_texts([str(row[0]) for row in table.rows])
-        if all(f in cols for f in fields):
-            idx = [cols.index(f) for f in fields]
-            return [
-                r.render_one({f: row[i] for f, i in zip(fields, idx, strict=True)})
-                for row in table.rows
-            ]
-        if fields == ("text",):
-            # A table without a 'text' column: each row is written out as lines of
-            # "column: value".
-            return r.render_texts(
-                [
-                    "\n".join(f"{c}: {v}" for c, v in zip(cols, row, strict=True))
-                    for row in table.rows
-                ]
-            )
-        missing = [f for f in fields if f not in cols]
-        raise InputError(
-            f"the prompt needs the columns {missing}, which X does not have (it has "
-            f"{cols[:20]}); rename the columns or change the prompt's fields."
-        )
+        Every predict method is this pass followed by arithmetic; call it once to
+        get probabilities, decisions, coverage and usage without asking twice.
+
+        Parameters
+        ----------
+        X : sequence of str, 2-D array-like or DataFrame
+
+        Returns
+        -------
+        TextScores
+            ``log_mass``, ``floored``, ``coverage``, ``usage`` and ``raw_proba``;
+            ``calibrator_.predict_proba(scores.log_mass)`` equals
+            :meth:`predict_proba`.
+        """
+        check_is_fitted(self)
+        prompts = render_table(self.prompt_renderer_, check_X(self, X))
+        log_mass, floored, _, usage = self._score_prompts(prompts, self._fitted_backend())
+        return TextScores.from_log_mass(log_mass, floored, replace(usage))
 
     def _score_prompts(self, prompts: list[str], backend: Backend):
-        query = Query(
-            top_logprobs=int(self.top_logprobs),
-            answers=tuple(self.answers_) if backend.exact else (),
-        )
-        try:
-            completions, usage = fetch_completions(
-                backend, open_cache(self.cache), query, prompts, progress=self.progress
+        """Fetch (through the cache) and score: ``(log_mass, floored, completions,
+        usage)``."""
+        query = self.scorer_.query(self.top_logprobs)
+        usage = Usage()
+        try:  # also after a failure, usage_ counts what was paid for
+            completions, _ = fetch_completions(
+                backend,
+                open_cache(self.cache),
+                query,
+                prompts,
+                progress=self.progress,
+                usage=usage,
             )
-        except BaseException as e:
-            if getattr(e, "usage", None) is not None:  # requests made before a failure
-                self.usage_.record(e.usage)
-            raise
-        self.usage_.record(usage)
-        if backend.exact:
-            log_mass = np.vstack([c.answer_logprobs for c in completions])
-            floored = np.zeros(log_mass.shape, dtype=bool)
-        else:
-            log_mass, floored = _scoring.label_log_mass(
-                [c.tokens for c in completions],
-                [c.logprobs for c in completions],
-                self._matcher(backend),
-            )
-        return log_mass, floored, completions
-
-    def _score_table(self, table: _Table, backend: Backend):
-        return self._score_prompts(self._render(table), backend)
-
-    def _log_mass(self, X) -> tuple[np.ndarray, np.ndarray]:
-        table = self._check_X(X)
-        log_mass, floored, _ = self._score_table(table, self._make_backend())
-        return log_mass, floored
+        except ContextOverflowError as e:
+            raise _in_terms_of_x(e, prompts) from e
+        finally:
+            self.usage_.record(usage)
+        log_mass, floored = self.scorer_.score(completions)
+        return log_mass, floored, completions, usage
 
     # --------------------------------------------------------------------- cache
 
@@ -1047,8 +571,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
             Columns in the order of ``classes_``; rows sum to 1.
         """
         check_is_fitted(self)
-        log_mass, _ = self._log_mass(X)
-        return _cal.apply_offsets(log_mass, self.bias_, self.temperature_)
+        return self.calibrator_.predict_proba(self.score_texts(X).log_mass)
 
     def predict_log_proba(self, X):
         """Logarithm of :meth:`predict_proba`."""
@@ -1068,11 +591,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         ndarray of shape (n_samples,)
         """
         check_is_fitted(self)
-        proba = self.predict_proba(X)
-        if self.threshold_ is not None:
-            pos = int(np.flatnonzero(self.classes_ == self.pos_label_)[0])
-            return self.classes_.take(np.where(proba[:, pos] >= self.threshold_, pos, 1 - pos))
-        return self.classes_[proba.argmax(axis=1)]
+        return self.classes_[self.calibrator_.predict(self.score_texts(X).log_mass)]
 
     def predict_coverage(self, X):
         """The probability the model put on any label, per sample (before
@@ -1090,8 +609,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         ndarray of shape (n_samples,)
         """
         check_is_fitted(self)
-        log_mass, floored = self._log_mass(X)
-        return _scoring.coverage(log_mass, floored)
+        return self.score_texts(X).coverage
 
     def predict_label_logprobs(self, X):
         """Raw log-probability mass of each class, before renormalization and
@@ -1108,4 +626,17 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
             returned log-probability stands in (an upper bound).
         """
         check_is_fitted(self)
-        return self._log_mass(X)[0]
+        return self.score_texts(X).log_mass
+
+
+def _in_terms_of_x(e: ContextOverflowError, prompts: list[str]) -> ContextOverflowError:
+    """The backend's context error, with the row of X and the estimator's setting."""
+    row = prompts.index(e.prompt) if e.prompt in prompts else None
+    where = f"It is the prompt of row {row} of X (from 0). " if row is not None else ""
+    size = e.suggested_n_ctx or 2 * e.n_ctx
+    trained = f" (the model was trained on up to {e.n_ctx_train})" if e.n_ctx_train else ""
+    return e.with_fix(
+        f"{where}Pass a larger context, e.g. backend_options={{'n_ctx': {size}}}"
+        f"{trained}, or shorten the text.",
+        row=row,
+    )

@@ -43,13 +43,15 @@ import re
 import string
 from collections.abc import Mapping, Sequence
 
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, InputError
 
 __all__ = [
     "DEFAULT_PROMPT",
     "RESERVED_FIELDS",
     "PromptRenderer",
+    "content_free_prompts",
     "format_label_list",
+    "render_table",
     "template_row_fields",
 ]
 
@@ -332,3 +334,66 @@ class PromptRenderer:
                 return [prefix + guard(t) + trailer for t in texts]
             return [prefix + t + trailer for t in texts]
         return self.render([{"text": t} for t in texts])
+
+
+def render_table(r: PromptRenderer, table) -> list[str]:
+    """The prompts of a validated table (:func:`skllmprob._validation.as_table`): 1-D
+    texts fill ``{text}``; columns fill the fields of their names; a table without a
+    ``text`` column for a ``{text}`` prompt is written as lines of "column: value"."""
+    fields = r.row_fields
+    if table.is_1d:
+        if fields != ("text",):
+            raise InputError(
+                f"the prompt has the fields {list(fields)}, but X is 1-D texts; pass "
+                "a DataFrame with those columns or use a prompt with '{text}'."
+            )
+        return r.render_texts(table.texts)
+    cols = table.columns
+    if fields == ("text",) and len(cols) == 1:
+        return r.render_texts([str(row[0]) for row in table.rows])
+    if all(f in cols for f in fields):
+        idx = [cols.index(f) for f in fields]
+        return [
+            r.render_one({f: row[i] for f, i in zip(fields, idx, strict=True)})
+            for row in table.rows
+        ]
+    if fields == ("text",):
+        # A table without a 'text' column: each row is written out as lines of
+        # "column: value".
+        return r.render_texts(
+            ["\n".join(f"{c}: {v}" for c, v in zip(cols, row, strict=True)) for row in table.rows]
+        )
+    missing = [f for f in fields if f not in cols]
+    raise InputError(
+        f"the prompt needs the columns {missing}, which X does not have (it has "
+        f"{cols[:20]}); rename the columns or change the prompt's fields."
+    )
+
+
+def content_free_prompts(r: PromptRenderer, items) -> list[str]:
+    """The prompts of the content-free inputs: a str fills every field, a dict gives
+    the value of each."""
+    items = list(items)
+    if not items:
+        raise ConfigurationError(
+            "content_free is empty; give at least one content-free input, e.g. "
+            "content_free=('N/A', '', '[MASK]')."
+        )
+    fields = r.row_fields
+    prompts = []
+    for item in items:
+        if isinstance(item, Mapping):
+            missing = [f for f in fields if f not in item]
+            if missing:
+                raise ConfigurationError(
+                    f"content_free entry {item!r} lacks the prompt fields {missing}; "
+                    "give a value for each field, or a str that fills them all."
+                )
+            prompts.append(r.render_one({f: item[f] for f in fields}))
+        elif isinstance(item, str):
+            prompts.append(r.render_one(dict.fromkeys(fields, item)))
+        else:
+            raise ConfigurationError(
+                f"content_free entries must be str or dict, got {type(item).__name__} ({item!r})."
+            )
+    return prompts

@@ -386,6 +386,23 @@ def summary_text(results: Sequence[Evaluated], y_true, classes, *, n_bins: int =
     return "\n".join(lines)
 
 
+def _confusion_section(first: Evaluated, y_true, labels) -> list[str]:
+    cm = confusion_matrix(y_true, first.pred, labels=labels)
+    return [
+        f"## Confusion matrix of {first.name}",
+        "",
+        "Rows: true label; columns: predicted label.",
+        "",
+        markdown_table(
+            ["true \\ predicted", *map(str, labels)],
+            [[str(c), *map(int, row)] for c, row in zip(labels, cm, strict=True)],
+        ),
+        "",
+        "![Confusion matrices](confusion.png)",
+        "",
+    ]
+
+
 def markdown_report(
     results: Sequence[Evaluated],
     y_true,
@@ -403,7 +420,6 @@ def markdown_report(
         if r.metrics is None:
             r.metrics = score_predictions(r, y_true, classes, n_bins=n_bins)
     cols = list(METRIC_COLUMNS)
-    cm = confusion_matrix(y_true, results[0].pred, labels=labels)
     lines = ["# skllmprob evaluation", ""]
     if data:
         lines += [data, ""]
@@ -428,23 +444,8 @@ def markdown_report(
         "",
     ]
     lines += [x for n in notes for x in (f"_{n}._", "")]
-    lines += [
-        f"## Confusion matrix of {results[0].name}",
-        "",
-        "Rows: true label; columns: predicted label.",
-        "",
-        markdown_table(
-            ["true \\ predicted", *map(str, labels)],
-            [[str(c), *map(int, row)] for c, row in zip(labels, cm, strict=True)],
-        ),
-        "",
-        "![Confusion matrices](confusion.png)",
-        "",
-        "## Reliability",
-        "",
-        "![Reliability diagram](reliability.png)",
-        "",
-    ]
+    lines += _confusion_section(results[0], y_true, labels)
+    lines += ["## Reliability", "", "![Reliability diagram](reliability.png)", ""]
     if about:
         lines += ["## Classifier", "", *(f"- {a}" for a in about), ""]
     return "\n".join(lines)

@@ -2,9 +2,9 @@
 
 Pure functions: numpy in, numpy out. The classifier uses them in three steps:
 
-1. :func:`resolve_answers` decides what the model should answer for each class: the
-   label itself (its *verbalizer*) or, when labels cannot be told apart by their
-   first token, single-token option codes (``A``, ``B``, ...).
+1. :func:`skllmprob.labels.resolve_answers` decides what the model should answer for
+   each class: the label itself (its *verbalizer*) or, when labels cannot be told
+   apart by their first token, single-token option codes (``A``, ``B``, ...).
 2. :class:`TokenMatcher` maps a returned token to the class whose answer it starts
    (up to case and surrounding whitespace), or to none ("other").
 3. :func:`label_log_mass` sums, per sample, the probability of every token variant
@@ -31,22 +31,34 @@ array([0.6])
 from __future__ import annotations
 
 import os
-import re
 import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .exceptions import ConfigurationError
+from .backends.base import Backend, Completion, Query
+
+# Re-exported: they lived here before skllmprob.labels.
+from .labels import (
+    first_word,
+    labels_collide,
+    normalize_token,
+    option_codes,
+    resolve_answers,
+)
 
 __all__ = [
     "MIN_LOGPROB",
+    "ExactScorer",
+    "Scorer",
     "TokenMatcher",
+    "TopKScorer",
     "coverage",
     "first_word",
     "label_log_mass",
     "labels_collide",
+    "make_scorer",
     "normalize",
     "normalize_token",
     "option_codes",
@@ -57,170 +69,6 @@ __all__ = [
 #: Log-probabilities below this are treated as "not returned" (OpenAI sends -9999
 #: for tokens whose probability underflows).
 MIN_LOGPROB = -1000.0
-
-_WORD = re.compile(r"[^\W_]+|[^\w\s]|_", re.UNICODE)
-
-_LETTERS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_DIGITS = tuple("123456789")
-
-
-def normalize_token(token: str) -> str:
-    """Normalize a token or a label for matching: strip whitespace, fold case.
-
-    >>> normalize_token("  Positive\\n")
-    'positive'
-    """
-    return token.strip().casefold()
-
-
-def first_word(answer: str) -> str:
-    """The normalized first word of an answer: what a tokenizer most likely emits
-    first when no tokenizer is at hand.
-
-    Letters and digits form words; ``_`` and punctuation split them.
-
-    >>> first_word(" Sci/Tech")
-    'sci'
-    >>> first_word("card_arrival")
-    'card'
-    >>> first_word("?!")
-    '?'
-    """
-    norm = normalize_token(answer)
-    m = _WORD.search(norm)
-    return m.group(0) if m else norm
-
-
-def labels_collide(answers: Sequence[str], first_tokens: Sequence[Iterable[str]] | None = None):
-    """Find two answers that a first-token reader cannot tell apart.
-
-    Parameters
-    ----------
-    answers : sequence of str
-        The answer of each class.
-    first_tokens : sequence of iterables of str, optional
-        The exact first tokens of each answer's variants, when the backend can
-        tokenize. Without them, :func:`first_word` stands in, and a first word that
-        is a prefix of another class's first word also counts as a collision.
-
-    Returns
-    -------
-    tuple of (int, int) or None
-        The indices of two colliding answers, or ``None``.
-
-    Examples
-    --------
-    >>> labels_collide(["very good", "very bad"])
-    (0, 1)
-    >>> labels_collide(["World", "Sports", "Business", "Sci/Tech"]) is None
-    True
-    >>> labels_collide(["sport", "sports"])
-    (0, 1)
-    """
-    norms = [normalize_token(a) for a in answers]
-    seen: dict[str, int] = {}
-    for i, n in enumerate(norms):
-        if n in seen:
-            return (seen[n], i)
-        seen[n] = i
-    if first_tokens is not None:
-        owner: dict[str, int] = {}
-        for i, toks in enumerate(first_tokens):
-            for t in {normalize_token(t) for t in toks}:
-                if t in owner and owner[t] != i:
-                    return (owner[t], i)
-                owner[t] = i
-        return None
-    words = [first_word(a) for a in answers]
-    for i, wi in enumerate(words):
-        for j, wj in enumerate(words):
-            if i < j and (wi.startswith(wj) or wj.startswith(wi)):
-                return (i, j)
-    return None
-
-
-def option_codes(n_classes: int, style: str = "letters") -> list[str]:
-    """Single-token answer codes for ``n_classes`` options.
-
-    >>> option_codes(3)
-    ['A', 'B', 'C']
-    >>> option_codes(3, "numbers")
-    ['1', '2', '3']
-    """
-    pool = _LETTERS if style == "letters" else _DIGITS
-    if n_classes > len(pool):
-        raise ConfigurationError(
-            f"{n_classes} classes need option codes, but only {len(pool)} single-token "
-            f"{style} codes exist. Give the classes distinct first words (labels="
-            "{label: word}), use fewer classes, or use the local backend, which scores "
-            "whole labels exactly."
-        )
-    return list(pool[:n_classes])
-
-
-def resolve_answers(
-    verbalizers: Sequence[str],
-    *,
-    option_codes_mode: str = "auto",
-    exact: bool = False,
-    first_tokens: Sequence[Iterable[str]] | None = None,
-) -> tuple[list[str], bool]:
-    """Decide what the model should answer for each class.
-
-    Parameters
-    ----------
-    verbalizers : sequence of str
-        The word for each class.
-    option_codes_mode : {"auto", "never", "letters", "numbers"}
-        ``"auto"`` switches to letter codes only when needed; ``"never"`` raises
-        instead; ``"letters"`` and ``"numbers"`` always use codes.
-    exact : bool
-        Whether the backend scores whole answers exactly (then only answers equal up
-        to case and whitespace collide).
-    first_tokens : sequence of iterables of str, optional
-        Exact first tokens per answer, see :func:`labels_collide`.
-
-    Returns
-    -------
-    answers : list of str
-    uses_codes : bool
-
-    Examples
-    --------
-    >>> resolve_answers(["positive", "negative"])
-    (['positive', 'negative'], False)
-    >>> resolve_answers(["very good", "very bad"])
-    (['A', 'B'], True)
-    >>> resolve_answers(["very good", "very bad"], exact=True)
-    (['very good', 'very bad'], False)
-    """
-    verbalizers = list(verbalizers)
-    for v in verbalizers:
-        if not normalize_token(v):
-            raise ConfigurationError(
-                f"label {v!r} is empty or whitespace; the model cannot answer it. Give "
-                "every class a non-empty word (labels={label: word})."
-            )
-    if option_codes_mode in ("letters", "numbers"):
-        return option_codes(len(verbalizers), option_codes_mode), True
-    if exact:
-        norms = [normalize_token(v) for v in verbalizers]
-        clash = next(
-            ((norms.index(n), i) for i, n in enumerate(norms) if norms.index(n) != i), None
-        )
-    else:
-        clash = labels_collide(verbalizers, first_tokens)
-    if clash is None:
-        return verbalizers, False
-    a, b = verbalizers[clash[0]], verbalizers[clash[1]]
-    if option_codes_mode == "never":
-        raise ConfigurationError(
-            f"labels {a!r} and {b!r} start with the same token after lower-casing and "
-            "stripping, so their log-probabilities cannot be told apart. Give them "
-            "distinct words (labels={label: word}) or allow option codes "
-            "(option_codes='auto')."
-        )
-    return option_codes(len(verbalizers)), True
 
 
 class TokenMatcher:
@@ -466,3 +314,122 @@ def coverage(log_mass: np.ndarray, floored: np.ndarray | None = None) -> np.ndar
     if floored is not None:
         p = np.where(floored, 0.0, p)
     return np.clip(p.sum(axis=1), 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------- scorers
+
+
+class Scorer:
+    """Completions to class log-masses, for one set of answers; chosen once in
+    ``fit`` by :func:`make_scorer`.
+
+    Top-k backends (:class:`TopKScorer`) return the most likely next tokens, summed
+    per class here; exact backends (:class:`ExactScorer`) return each answer's
+    log-probability themselves. Both match the top tokens to classes for the
+    tokens that are no label (:meth:`other_tokens`). Picklable: the matcher is
+    rebuilt after unpickling.
+
+    Parameters
+    ----------
+    answers : sequence of str
+        What the model answers for each class, in class order.
+    first_tokens : sequence of lists of str, optional
+        The exact first tokens of each answer (see :class:`TokenMatcher`).
+    """
+
+    #: Whether the backend scores whole answers (then they are sent with the query).
+    exact: bool = False
+
+    def __init__(self, answers: Sequence[str], first_tokens=None) -> None:
+        self.answers = tuple(answers)
+        self.first_tokens = first_tokens
+        self._matcher: TokenMatcher | None = None
+
+    @property
+    def matcher(self) -> TokenMatcher:
+        if self._matcher is None:
+            self._matcher = TokenMatcher(self.answers, self.first_tokens)
+        return self._matcher
+
+    def query(self, top_logprobs: int) -> Query:
+        """What to ask the backend for each prompt."""
+        return Query(top_logprobs=int(top_logprobs), answers=self.answers if self.exact else ())
+
+    def score(self, completions: Sequence[Completion]) -> tuple[np.ndarray, np.ndarray]:
+        """``(log_mass, floored)`` of shape (n_samples, n_classes), see
+        :func:`label_log_mass`."""
+        raise NotImplementedError
+
+    def other_tokens(self, completions: Sequence[Completion]) -> Counter:
+        """Summed probability of every non-label top token (:func:`other_token_mass`)."""
+        return other_token_mass(
+            [c.tokens for c in completions], [c.logprobs for c in completions], self.matcher
+        )
+
+    def __getstate__(self) -> dict:
+        return {"answers": self.answers, "first_tokens": self.first_tokens}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["answers"], state["first_tokens"])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(answers={list(self.answers)!r})"
+
+
+class TopKScorer(Scorer):
+    """Class log-masses summed from the top-k next tokens.
+
+    >>> from skllmprob.backends import Completion
+    >>> s = TopKScorer(["yes", "no"])
+    >>> mass, floored = s.score([Completion((" yes", "\\n"), np.log([0.5, 0.25]))])
+    >>> np.exp(mass), floored
+    (array([[0.5 , 0.25]]), array([[False,  True]]))
+    """
+
+    def score(self, completions):
+        return label_log_mass(
+            [c.tokens for c in completions], [c.logprobs for c in completions], self.matcher
+        )
+
+
+class ExactScorer(Scorer):
+    """Class log-masses as the backend computed them (never floored)."""
+
+    exact = True
+
+    def score(self, completions):
+        if not completions:
+            empty = np.empty((0, len(self.answers)))
+            return empty, empty.astype(bool)
+        log_mass = np.vstack([c.answer_logprobs for c in completions])
+        return log_mass, np.zeros(log_mass.shape, dtype=bool)
+
+
+def make_scorer(backend: Backend, verbalizers: Sequence[str], option_codes_mode: str = "auto"):
+    """The scorer for ``backend``, with the answers :func:`resolve_answers` picks.
+
+    Reads ``backend.exact`` and asks the backend for the first tokens of the
+    answers (once per set of answers).
+
+    Returns
+    -------
+    scorer : Scorer
+    uses_codes : bool
+        Whether the answers are option codes.
+
+    Examples
+    --------
+    >>> from skllmprob.backends import DeterministicBackend
+    >>> scorer, codes = make_scorer(DeterministicBackend(), ["very good", "very bad"])
+    >>> scorer, codes
+    (TopKScorer(answers=['A', 'B']), True)
+    """
+    verbalizers = list(verbalizers)
+    exact = bool(backend.exact)
+    first = backend.first_tokens(verbalizers)
+    answers, codes = resolve_answers(
+        verbalizers, option_codes_mode=option_codes_mode, exact=exact, first_tokens=first
+    )
+    if answers != verbalizers:
+        first = backend.first_tokens(answers)
+    return (ExactScorer if exact else TopKScorer)(answers, first), codes

@@ -1,10 +1,59 @@
-"""Helpers for the cache tests: synthetic reviews and a model-selection run."""
+"""Helpers for the cache tests: synthetic reviews, classifiers, child processes and
+a model-selection run."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+from skllmprob import LogprobClassifier
+from skllmprob.backends import Completion, DeterministicBackend
 from skllmprob.testing.counting import FileCountingBackend, count
 
-__all__ = ["FileCountingBackend", "count", "make_texts", "run_model_selection"]
+__all__ = [
+    "ROOT",
+    "FileCountingBackend",
+    "completion",
+    "count",
+    "det_clf",
+    "make_texts",
+    "run_model_selection",
+    "run_python",
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def completion(tokens=("yes", "no"), probs=(0.6, 0.3), **kw) -> Completion:
+    return Completion(tuple(tokens), np.log(np.asarray(probs, dtype=float)), **kw)
+
+
+def det_clf(**kw) -> LogprobClassifier:
+    params = dict(labels=["positive", "negative"], backend=DeterministicBackend(), progress=False)
+    params.update(kw)
+    return LogprobClassifier(**params)
+
+
+def run_python(
+    code: str, *args: str, timeout: float = 120, prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    """Run ``code`` in a new Python process that imports this worktree's skllmprob
+    (``prefix``: a command to run it under, e.g. ``setpriv ...``)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + str(ROOT / "tests")}
+    return subprocess.run(
+        [*prefix, sys.executable, "-c", textwrap.dedent(code), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
 
 CUES_POS = ["great", "wonderful", "brilliant", "fun", "superb", "moving", "excellent", "gem"]
 CUES_NEG = ["boring", "dull", "awful", "worst", "tedious", "poor", "stupid", "mess"]

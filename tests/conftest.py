@@ -41,3 +41,14 @@ def reviews():
 @pytest.fixture
 def det():
     return DeterministicBackend()
+
+
+def pytest_report_header(config):
+    from skllmprob.llama_server import cpu_has_amx
+
+    if cpu_has_amx():
+        return (
+            "CPU: AMX present (llama.cpp's repacked weight layouts would crash here; "
+            "every model in these tests is loaded without them)"
+        )
+    return "CPU: no AMX (the repacked-layout crash guarded against cannot happen here)"

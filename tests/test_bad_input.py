@@ -3,6 +3,8 @@ inside numpy or a backend. Hypothesis drives the texts and the labels."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -360,6 +362,8 @@ def test_local_text_longer_than_the_context_is_an_error_before_any_work(local_mo
     with pytest.raises(InputError, match=r"n_ctx=1024.*'n_ctx'") as e:
         clf.predict_proba(["a great film", long_text])
     assert "Nothing was evaluated" in str(e.value)
+    assert e.value.row == 1 and "row 1 of X" in str(e.value)
+    assert "LlamaCppBackend(" not in str(e.value)  # the estimator's own setting
     assert clf.usage_.last.requests == 0  # checked before anything was evaluated
     assert clf.predict_proba(["a great film"]).shape == (1, 2)
 
@@ -387,3 +391,31 @@ def test_local_labels_that_differ_only_by_case(local_model):
     np.testing.assert_allclose(proba.sum(), 1.0)
     with pytest.raises(ConfigurationError, match="cannot be told apart"):
         local_clf(labels=["Good", "good"], option_codes="never")
+
+
+def test_two_classes_mapped_to_the_same_word_are_rejected():
+    for labels in ({"a": "positive", "b": "positive"}, {"a": "Positive", "b": " positive"}):
+        with pytest.raises(ConfigurationError) as info:
+            zero_shot(labels=labels)
+        message = str(info.value)
+        assert "'a' and 'b'" in message and "same word 'positive'" in message
+
+
+@pytest.mark.parametrize(
+    ("y", "hint"),
+    [
+        ([0, 1, 1, 0], "labels={1: 'positive', 0: 'negative'}"),
+        (np.array([True, False, True, False]), "labels={True: 'positive', False: 'negative'}"),
+    ],
+)
+def test_numeric_or_boolean_labels_without_words_warn(y, hint):
+    texts = ["a gem", "a mess", "lovely", "dull"]
+    with pytest.warns(UserWarning, match="numbers or booleans without words") as record:
+        LogprobClassifier(backend=DeterministicBackend(), cache=False).fit(texts, y)
+    assert hint in str(record[0].message)
+    assert record[0].filename == __file__  # points at the caller of fit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LogprobClassifier(
+            labels={1: "positive", 0: "negative"}, backend=DeterministicBackend(), cache=False
+        ).fit(texts, [0, 1, 1, 0])

@@ -11,11 +11,19 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-from cache_helpers import FileCountingBackend, count, make_texts, run_model_selection
+from cache_helpers import (
+    ROOT,
+    FileCountingBackend,
+    completion,
+    count,
+    det_clf,
+    make_texts,
+    run_model_selection,
+    run_python,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.base import clone
@@ -36,19 +44,6 @@ from skllmprob.cache import (
     open_cache,
 )
 from skllmprob.exceptions import BackendError, CacheError
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def completion(tokens=("yes", "no"), probs=(0.6, 0.3), **kw):
-    return Completion(tuple(tokens), np.log(np.asarray(probs, dtype=float)), **kw)
-
-
-def det_clf(**kw):
-    params = dict(labels=["positive", "negative"], backend=DeterministicBackend(), progress=False)
-    params.update(kw)
-    return LogprobClassifier(**params)
-
 
 # ----------------------------------------------------------------------------- keys
 
@@ -165,21 +160,38 @@ tokens_st = st.lists(st.text(max_size=6), max_size=25)
     st.tuples(*[st.integers(0, 2**31)] * 3),
 )
 def test_encoding_round_trips(tokens, data, with_answers, usage):
-    lps = np.asarray(
-        data.draw(
-            st.lists(
-                st.floats(allow_nan=False, width=64), min_size=len(tokens), max_size=len(tokens)
-            )
-        ),
+    # Plausible numbers: log-probabilities <= 0 whose probabilities sum to <= 1.
+    weights = np.asarray(
+        data.draw(st.lists(st.floats(0, 1), min_size=len(tokens), max_size=len(tokens))),
         dtype=float,
     )
+    total = data.draw(st.floats(0, 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lps = np.log(weights / weights.sum() * total)
+    lps[~np.isfinite(lps)] = -np.inf
     answers = (
-        np.asarray(data.draw(st.lists(st.floats(allow_nan=False), min_size=1, max_size=5)))
+        np.asarray(data.draw(st.lists(st.floats(max_value=0.0), min_size=1, max_size=5)))
         if with_answers
         else None
     )
     c = Completion(tuple(tokens), lps, answers, *usage)
     assert _decode(*_encode(c)) == c
+
+
+@pytest.mark.parametrize(
+    "logprobs",
+    [[0.5, -1.0], [np.nan, -1.0], [np.log(0.7), np.log(0.6)]],
+    ids=["above-zero", "nan", "mass-above-one"],
+)
+def test_implausible_numbers_are_neither_stored_nor_read(logprobs):
+    bad = Completion(("a", "b"), np.asarray(logprobs))
+    with pytest.raises(ValueError, match="implausible"):
+        _encode(bad)
+    # A value of the old format (no checksum) with such numbers is refused on read.
+    data, text = _encode(completion(("a", "b")))
+    old = bytes([1]) + data[1:20] + bytes(4) + np.asarray(logprobs, "<f8").tobytes()
+    with pytest.raises(ValueError):
+        _decode(old, text)
 
 
 def test_encoding_handles_nul_and_lone_surrogates(tmp_path):
@@ -287,7 +299,8 @@ def test_old_layout_is_upgraded(tmp_path):
     conn.execute("INSERT INTO completions VALUES ('abc', '[]')")
     conn.commit()
     conn.close()
-    cache = CompletionCache(path)
+    with pytest.warns(RuntimeWarning, match="dropping the entries of an old cache layout"):
+        cache = CompletionCache(path)
     assert cache.info().entries == 0
     key = KeyBuilder({}, {})("p")
     cache.put(key, completion())
@@ -325,7 +338,8 @@ def test_corrupt_row_is_a_counted_miss_and_gets_rewritten(tmp_path, reviews, sql
     cache = open_cache(str(path))
     cache._memory.clear()
     before = DeterministicBackend.request_count("corrupt")
-    np.testing.assert_array_equal(clf.predict_proba(texts), expected)
+    with pytest.warns(RuntimeWarning, match=f"{len(texts)} damaged entries"):
+        np.testing.assert_array_equal(clf.predict_proba(texts), expected)
     assert DeterministicBackend.request_count("corrupt") - before == len(texts)
     assert cache.info().corrupt == len(texts)
     cache._memory.clear()
@@ -349,12 +363,12 @@ def test_error_midway_keeps_what_was_answered(tmp_path):
 
 
 def test_write_failure_warns_and_keeps_results(tmp_path, monkeypatch):
-    import skllmprob.cache as cache_mod
+    import skllmprob.cache.store as store_mod
 
     def broken(c):
         raise OSError("disk full")
 
-    monkeypatch.setattr(cache_mod, "_encode", broken)
+    monkeypatch.setattr(store_mod, "encode", broken)
     texts, _ = make_texts(5)
     path = str(tmp_path / "c.sqlite")
     clf = det_clf(cache=path).fit(None, None)
@@ -529,7 +543,7 @@ def _keys(backend, query, prompts):
 
 @pytest.mark.skipif(sys.platform == "win32", reason="pid liveness is POSIX here")
 def test_claims_of_a_dead_process_are_taken_over_at_once(tmp_path):
-    import skllmprob.cache as cache_mod
+    from skllmprob.cache.claims import HOST
 
     path = tmp_path / "c.sqlite"
     cache = CompletionCache(path)
@@ -539,7 +553,7 @@ def test_claims_of_a_dead_process_are_taken_over_at_once(tmp_path):
         path,
         _keys(backend, Query(5), prompts),
         pid=_dead_pid(),
-        host=cache_mod._HOST,
+        host=HOST,
         heartbeat=time.time(),
     )
     start = time.monotonic()
@@ -552,14 +566,14 @@ def test_claims_of_a_dead_process_are_taken_over_at_once(tmp_path):
         path,
         _keys(backend, Query(5), others[:2]),
         pid=_dead_pid(),
-        host=cache_mod._HOST,
+        host=HOST,
         heartbeat=time.time(),
     )
     _plant_claims(
         path,
         _keys(backend, Query(5), others[2:]),
         pid=os.getpid(),
-        host=cache_mod._HOST,
+        host=HOST,
         heartbeat=time.time(),
     )
     cache.clear()
@@ -597,18 +611,6 @@ def test_a_released_claim_is_requested_by_the_waiter(tmp_path):
 
 
 # -------------------------------------------------------------------- processes
-
-
-def _run_python(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + str(ROOT / "tests")}
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -755,7 +757,7 @@ def test_parallel_model_selection_sends_each_prompt_once_to_the_server(tmp_path)
         # loky worker processes from sending the same prompt twice.
         assert stub.requests == 60 + 3
         assert max(stub.prompt_requests.values()) == 1
-        second = _run_python(
+        second = run_python(
             """
             import sys
             from cache_helpers import run_model_selection

@@ -375,7 +375,7 @@ def test_bad_inputs_raise_clear_errors():
         make_calibrator("bias").fit(z, np.array(["a", "b", "a"]))
     with pytest.raises(InputError, match="y has shape"):
         make_calibrator("bias").fit(z, np.array([0, 1]))
-    with pytest.raises(InputError, match="sample_weight has shape"):
+    with pytest.raises(InputError, match=r"expected \(3,\): one weight per sample"):
         make_calibrator("bias").fit(z, np.array([0, 1, 0]), [1.0, 2.0])
     with pytest.raises(InputError, match="3 classes"):
         make_calibrator("none", classes=["a", "b", "c"]).fit(z, None)

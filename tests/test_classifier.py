@@ -20,9 +20,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.utils import estimator_html_repr
 
-from skllmprob import ConfigurationError, InputError, LogprobClassifier
+from skllmprob import ConfigurationError, InputError, LogprobClassifier, TextScores
 from skllmprob.backends import DeterministicBackend
-from skllmprob.exceptions import SkllmprobError
+from skllmprob.calibration import apply_offsets
+from skllmprob.exceptions import PartialResultsError, SkllmprobError
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 
@@ -310,3 +311,162 @@ def test_usage_is_recorded(reviews):
     clf2 = make().fit(texts, labels)
     clf2.predict_proba(texts)
     assert clf2.usage_.last.cache_hits == 10 and clf2.usage_.last.requests == 0
+
+
+class _FailsAfter(DeterministicBackend):
+    """Answers the first ``n`` prompts of a batch, then fails."""
+
+    def __init__(self, n=2, **kw):
+        super().__init__(**kw)
+        self.n = n
+
+    def complete(self, prompts, query, *, on_result):
+        def first(i, completion):
+            if i < self.n:
+                on_result(i, completion)
+
+        super().complete(prompts, query, on_result=first)
+        raise PartialResultsError("boom", n_failed=len(prompts) - self.n, n_completed=self.n)
+
+
+def test_usage_of_a_failed_call_is_filled_in_place(reviews):
+    from skllmprob._engine import fetch_completions
+    from skllmprob.backends import Query
+    from skllmprob.cache import NullCache
+    from skllmprob.usage import Usage
+
+    texts, _ = reviews
+    usage = Usage()
+    with pytest.raises(PartialResultsError) as info:
+        fetch_completions(_FailsAfter(2), NullCache(), Query(5), texts[:5], usage=usage)
+    assert (usage.prompts, usage.requests, usage.failed) == (5, 2, 3)
+    assert info.value.n_completed == 2 and not hasattr(info.value, "usage")
+    # The estimator's usage_ counts what the failed call paid for.
+    clf = make(labels=["positive", "negative"], backend=_FailsAfter(3), cache=False)
+    clf.fit(None, None)
+    with pytest.raises(PartialResultsError):
+        clf.predict_proba(texts)
+    assert clf.usage_.last.requests == 3 and clf.usage_.last.failed == 7
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_score_texts_is_the_one_pass_behind_every_predict_method(reviews, exact):
+    texts, labels = reviews
+    clf = make(backend=DeterministicBackend(exact=exact), calibration="bias", cache=False)
+    clf.fit(texts, labels)
+    scores = clf.score_texts(texts + texts[:2])
+    assert isinstance(scores, TextScores) and len(scores) == 12
+    assert scores.usage.prompts == 10 and scores.usage.requests == 10
+    assert scores.log_mass.shape == scores.floored.shape == (12, 2)
+    X = texts + texts[:2]
+    np.testing.assert_array_equal(scores.log_mass, clf.predict_label_logprobs(X))
+    np.testing.assert_array_equal(scores.coverage, clf.predict_coverage(X))
+    proba = clf.calibrator_.predict_proba(scores.log_mass)
+    np.testing.assert_array_equal(proba, clf.predict_proba(X))
+    np.testing.assert_allclose(proba, apply_offsets(scores.log_mass, clf.bias_))
+    pred = clf.classes_[clf.calibrator_.predict(scores.log_mass)]
+    np.testing.assert_array_equal(pred, clf.predict(X))
+    raw = clone(clf).set_params(calibration="none").fit(texts, labels).predict_proba(X)
+    np.testing.assert_allclose(scores.raw_proba, raw)
+    with pytest.raises(AttributeError):
+        scores.log_mass = None  # frozen
+
+
+def test_each_predict_method_makes_one_pass(reviews, monkeypatch):
+    from skllmprob import _engine, classifier
+
+    texts, labels = reviews
+    clf = make(cache=False).fit(texts, labels)
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return _engine.fetch_completions(*args, **kwargs)
+
+    monkeypatch.setattr(classifier, "fetch_completions", counting)
+    for method in ("predict", "predict_proba", "predict_log_proba", "predict_coverage"):
+        calls.clear()
+        getattr(clf, method)(texts)
+        assert len(calls) == 1, method
+
+
+# ------------------------------------------------------------------ the backend
+
+
+def test_make_backend_auto_rules():
+    from skllmprob.backends import make_backend
+    from skllmprob.backends.llamacpp import LlamaCppBackend
+    from skllmprob.backends.openai import OpenAIBackend
+
+    assert isinstance(make_backend(), LlamaCppBackend)
+    assert isinstance(make_backend(model="models/x.GGUF"), LlamaCppBackend)
+    assert isinstance(make_backend(model="gpt-4o-mini"), OpenAIBackend)
+    assert isinstance(make_backend(base_url="http://localhost:1/v1", model="m"), OpenAIBackend)
+    with pytest.raises(ConfigurationError, match="base_url is set"):
+        make_backend(backend="llamacpp", base_url="http://localhost:1/v1")
+
+
+@pytest.mark.parametrize(
+    ("setting", "shown"),
+    [
+        ({"timeout": 5.0}, "timeout=5.0"),
+        ({"max_retries": 0}, "max_retries=0"),
+        ({"max_concurrency": 2}, "max_concurrency=2"),
+        ({"endpoint": "chat"}, "endpoint='chat'"),
+        ({"backend_options": {"seed": 3}}, "backend_options={'seed': 3}"),
+        ({"api_key": KEY}, "api_key=..."),
+    ],
+)
+def test_backend_instance_rejects_settings_it_would_ignore(setting, shown):
+    clf = make(labels=["a", "b"], **setting)
+    with pytest.raises(ConfigurationError, match="Backend instance") as info:
+        clf.fit(None, None)
+    assert shown in str(info.value) and KEY not in str(info.value)
+
+
+def test_changing_a_backend_parameter_after_fit_needs_a_refit(reviews):
+    from sklearn.exceptions import NotFittedError
+
+    from skllmprob import RefitRequiredError
+
+    texts, labels = reviews
+    clf = LogprobClassifier("a", backend="deterministic", cache=False).fit(texts, labels)
+    assert isinstance(clf.backend_, DeterministicBackend) and clf.backend_.name == "a"
+    before = clf.predict_proba(texts)
+    clf.set_params(timeout=5.0, max_retries=1, max_concurrency=2)  # runtime settings
+    np.testing.assert_array_equal(clf.predict_proba(texts), before)
+    clf.set_params(model="b")
+    with pytest.raises(RefitRequiredError, match=r"\['model'\] changed since fit") as info:
+        clf.predict(texts)
+    assert isinstance(info.value, NotFittedError)
+    assert "model: 'a' -> 'b'" in str(info.value) and "fit again" in str(info.value)
+    clf.set_params(model="a")  # back to what was fitted
+    np.testing.assert_array_equal(clf.predict_proba(texts), before)
+    clf.set_params(model="b", backend_options={"seed": 1}).fit(texts, labels)
+    assert clf.backend_.name == "b" and clf.predict(texts).shape == (10,)
+    clf.set_params(backend_options={"seed": 2})
+    with pytest.raises(RefitRequiredError, match="backend_options"):
+        clf.predict_coverage(texts)
+
+
+def test_calibration_attributes_are_read_only_views_of_the_calibrator(reviews):
+    texts, labels = reviews
+    clf = make(calibration="threshold", cache=False).fit(texts, labels)
+    assert clf.threshold_ == clf.calibrator_.threshold_ and clf.pos_label_ == "positive"
+    assert clf.temperature_ == 1.0 and clf.bias_ is clf.calibrator_.bias_
+    for name in ("bias_", "temperature_", "threshold_", "pos_label_"):
+        with pytest.raises(AttributeError):
+            setattr(clf, name, None)
+    assert make(cache=False).fit(texts, labels).pos_label_ is None
+
+
+def test_another_backend_instance_of_the_same_model_needs_no_refit(reviews):
+    from skllmprob import RefitRequiredError
+
+    texts, labels = reviews
+    clf = make(backend=DeterministicBackend(latency=0.0), cache=False).fit(texts, labels)
+    clf.set_params(backend=DeterministicBackend(fail_on="never in a text"))
+    assert clf.predict(texts).shape == (10,)
+    clf.set_params(backend=DeterministicBackend(seed=1))  # another model
+    with pytest.raises(RefitRequiredError, match=r"\['backend'\]"):
+        clf.predict(texts)

@@ -25,7 +25,7 @@ import joblib
 import numpy as np
 import pytest
 
-from skllmprob import LogprobClassifier, LogprobsUnsupportedError
+from skllmprob import InputError, LogprobClassifier, LogprobsUnsupportedError
 from skllmprob.backends import DeterministicBackend
 from skllmprob.cli import main
 from skllmprob.demo import REVIEWS
@@ -224,9 +224,9 @@ def test_failure_loses_nothing_and_the_rerun_resumes(files):
     assert f"{len(TEST)} prompts: {len(TEST) - 3} sent, 3 from the cache" in again.stderr
 
 
-def test_interrupt_keeps_the_answers_received(files):
-    cache = Path(os.environ["SKLLMPROB_CACHE_DIR"]) / "completions.sqlite"
-    args = ["classify", "test.csv", "--labels", "positive", "negative", *DET, "-o", "o.csv"]
+def stop_after_two_answers(files, args, cache: Path, sig) -> tuple[int, str]:
+    """Run the script with slow answers, send ``sig`` once two answers are in the
+    cache; its exit status and standard error."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [*script_command(), *args, "--backend-option", "latency=0.2"],
@@ -245,9 +245,16 @@ def test_interrupt_keeps_the_answers_received(files):
                 contextlib.suppress(sqlite3.OperationalError),
             ):
                 done = db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    return proc.returncode, err
+
+
+def test_interrupt_keeps_the_answers_received(files):
+    cache = Path(os.environ["SKLLMPROB_CACHE_DIR"]) / "completions.sqlite"
+    args = ["classify", "test.csv", "--labels", "positive", "negative", *DET, "-o", "o.csv"]
+    code, err = stop_after_two_answers(files, args, cache, signal.SIGINT)
+    assert code == 130, err
     m = re.fullmatch(
         r"skllmprob: interrupted\. The (\d+) answers received before the interruption are "
         r"in the cache; running the same command again sends only the rest\.\n",
@@ -613,3 +620,210 @@ def test_local_classify_fit_predict(files):
     )
     np.testing.assert_allclose(got, clf.predict_proba([t for t, _ in obvious]), atol=1e-5)
     # evaluate (with its report) runs on the embedded model in docs/cli.md.
+
+
+# ------------------------------------------------------------ issue 18: what a user sees
+
+
+def test_cache_errors_name_the_options(files):
+    # An SQLite file that is not a completion cache: the advice names --cache, the
+    # option of the command line, not the estimator's cache= parameter.
+    with contextlib.closing(sqlite3.connect(files / "other.sqlite")) as db:
+        db.execute("CREATE TABLE notes (body TEXT)")
+        db.commit()
+    code, out, err = run_main(
+        "classify", files / "reviews.csv", "--labels", "positive", "negative",
+        "--cache", files / "other.sqlite", *DET,
+    )  # fmt: skip
+    assert code == 1 and out == ""
+    line = error_line(err)
+    assert "other.sqlite" in line and "--cache" in line
+    assert "cache=" not in line
+
+
+def test_log_records_of_the_library_are_prefixed_warnings(files):
+    # Damaged entries in the cache are reported by the cache's logger; on the command
+    # line that is a warning like any other, never a raw log line.
+    args = ["classify", "reviews.csv", "--labels", "positive", "negative", "-o", "o.csv"]
+    args += ["--cache", "c.sqlite", *DET]
+    assert run_script(args, cwd=files).returncode == 0
+    with contextlib.closing(sqlite3.connect(files / "c.sqlite")) as db:
+        db.execute("UPDATE completions SET data = X'00'")
+        db.commit()
+    r = run_script(args, cwd=files)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert all(line.startswith("skllmprob: ") for line in lines), r.stderr
+    assert any(line.startswith("skllmprob: warning: ") for line in lines), r.stderr
+    assert f"{len(TEST)} prompts: {len(TEST)} sent, 0 from the cache" in r.stderr
+
+
+def test_summary_reports_answers_the_cache_did_not_store(files):
+    cache = files / "c.sqlite"
+    code, _, err = run_main(
+        "classify", files / "train.csv", "--labels", "positive", "negative",
+        "--cache", cache, "-o", files / "t.csv", *DET,
+    )  # fmt: skip
+    assert code == 0, err
+    assert f"({len(TRAIN)} entries)" in err and "not stored" not in err
+    # From now on the file refuses every new entry (reads still work).
+    with contextlib.closing(sqlite3.connect(cache)) as db:
+        db.execute(
+            "CREATE TRIGGER no_writes BEFORE INSERT ON completions "
+            "BEGIN SELECT RAISE(ABORT, 'the test forbids writes'); END"
+        )
+        db.commit()
+    code, _, err = run_main(
+        "classify", files / "reviews.csv", "--labels", "positive", "negative",
+        "--cache", cache, "-o", files / "r.csv", *DET,
+    )  # fmt: skip
+    assert code == 0, err
+    summary = err.strip().splitlines()[-1]
+    assert summary.startswith(f"skllmprob: {len(TEST)} prompts: {len(TEST)} sent"), err
+    assert summary.endswith(
+        f"({len(TRAIN)} entries; {len(TEST)} of the {len(TEST)} answers received were not stored)"
+    ), err
+    assert all(line.startswith("skllmprob: ") for line in err.splitlines()), err
+
+
+def test_output_keeps_the_mode_of_the_file_it_replaces(files):
+    classify = ["classify", files / "reviews.csv", "--labels", "positive", "negative", *DET]
+    for mode in (0o600, 0o640):
+        out = files / f"out{mode:o}.csv"
+        out.write_text("old\n")
+        out.chmod(mode)
+        code, _, err = run_main(*classify, "-o", out)
+        assert code == 0, err
+        assert out.stat().st_mode & 0o777 == mode
+        assert read_rows(out.read_text())[0]["id"] == "0"
+    # A new file: 0644 less the umask, as before.
+    umask = os.umask(0)
+    os.umask(umask)
+    code, _, err = run_main(*classify, "-o", files / "new.csv")
+    assert code == 0, err
+    assert (files / "new.csv").stat().st_mode & 0o777 == 0o644 & ~umask
+    # The model file of fit as well.
+    model = files / "m.joblib"
+    model.write_bytes(b"")
+    model.chmod(0o640)
+    code, _, err = run_main("fit", files / "train.csv", "-o", model, *DET)
+    assert code == 0, err
+    assert model.stat().st_mode & 0o777 == 0o640
+    assert isinstance(joblib.load(model), LogprobClassifier)
+
+
+def test_sigterm_is_handled_like_sigint(files):
+    cache = files / "c.sqlite"
+    args = ["classify", "test.csv", "--labels", "positive", "negative", *DET, "-o", "o.csv"]
+    args += ["--cache", str(cache)]
+    code, err = stop_after_two_answers(files, args, cache, signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, err
+    m = re.fullmatch(
+        r"skllmprob: terminated\. The (\d+) answers received before the interruption are "
+        r"in the cache; running the same command again sends only the rest\.\n",
+        err,
+    )
+    assert m, err
+    assert not (files / "o.csv").exists()
+    # The usage statistics of the run reached the file: its requests count as misses.
+    n = int(m[1])
+    assert LogprobClassifier(cache=str(cache)).cache_info().total_misses == n
+    again = run_script(args, cwd=files)
+    assert again.returncode == 0, again.stderr
+    assert f"{len(TEST)} prompts: {len(TEST) - n} sent, {n} from the cache" in again.stderr
+
+
+def test_a_password_in_base_url_is_never_shown(files, stub):
+    # A server that is not there: the error names the URL without its password.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = [
+        "classify", files / "reviews.csv", "--labels", "positive", "negative", "--model", "m",
+        "--base-url", f"http://bob:S3cret-Pw@127.0.0.1:{port}/v1", "--max-retries", "0",
+    ]  # fmt: skip
+    code, _, err = run_main(*args)
+    assert code == 1
+    line = error_line(err)
+    assert f"http://bob:***@127.0.0.1:{port}/v1" in line
+    assert "s3cret" not in line.lower()
+    code, _, err = run_main(*args, "--traceback")
+    assert code == 1 and "s3cret" not in err.lower() and "Traceback" in err
+    # report.md shows the command, and with it the URL: without the password.
+    url = stub.base_url.replace("http://", "http://bob:S3cret-Pw@")
+    code, out, err = run_main(
+        "evaluate", files / "test.csv", "--model", "stub-model", "--base-url", url,
+        "--no-baseline", "--report", files / "rep",
+    )  # fmt: skip
+    assert code == 0, err
+    md = (files / "rep" / "report.md").read_text()
+    assert "bob:***@127.0.0.1" in md
+    assert "s3cret" not in (md + out + err).lower()
+
+
+def test_one_pass_per_output(files):
+    # evaluate with a learned calibration: one lookup of each training text (fit) and
+    # one of each test text, whose answers give the calibrated and the uncalibrated
+    # probabilities, the predictions and the coverage; no second pass answered by
+    # the cache, no clone fitted again.
+    cache = files / "c.sqlite"
+    code, out, err = run_main(
+        "evaluate", files / "test.csv", "--train", files / "train.csv", "--cache", cache,
+        "--no-baseline", *DET,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "deterministic, calibration=bias" in out and "calibration=none" in out
+    info = LogprobClassifier(cache=str(cache)).cache_info()
+    assert (info.misses, info.hits) == (len(TRAIN) + len(TEST), 0)
+    # classify, with the prompt evaluate used (its labels in sorted order): one pass,
+    # answered by the cache.
+    code, out, err = run_main(
+        "classify", files / "reviews.csv", "--labels", "negative", "positive",
+        "--cache", cache, *DET,
+    )  # fmt: skip
+    assert code == 0, err
+    info = LogprobClassifier(cache=str(cache)).cache_info()
+    assert (info.misses, info.hits) == (len(TRAIN) + len(TEST), len(TEST))
+
+
+def test_context_overflow_names_the_data_row_and_the_option(files, monkeypatch):
+    # A backend's ContextOverflowError: the estimator finds the row of X, the command
+    # line names it as a data row of the input and gives the option's CLI form.
+    from skllmprob.exceptions import ContextOverflowError
+
+    def too_long(self, prompts, query, *, on_result):
+        raise ContextOverflowError(
+            "a prompt is 5000 tokens long, more than the context of n_ctx=4096 tokens "
+            "holds. Nothing was evaluated.",
+            "Pass a larger context, e.g. DeterministicBackend(n_ctx=8192).",
+            prompt=prompts[2],
+            n_tokens=5000,
+            n_ctx=4096,
+            suggested_n_ctx=8192,
+        )
+
+    monkeypatch.setattr(DeterministicBackend, "complete", too_long)
+    code, out, err = run_main("classify", files / "reviews.csv", "--labels", "a", "b", *DET)
+    assert code == 1 and out == ""
+    line = error_line(err)
+    assert "data row 3 of the input" in line
+    assert "--backend-option n_ctx=8192" in line
+    assert "backend_options" not in line and "DeterministicBackend(" not in line
+
+
+def test_context_overflow_advice_names_the_option(files, monkeypatch):
+    # The advice of a backend whose context is too small, as the command line takes it.
+    def too_long(self, prompts, query, *, on_result):
+        raise InputError(
+            "a prompt is 5000 tokens long (plus 1 label tokens), more than the context of "
+            "n_ctx=4096 tokens holds; it ends with 'Answer:'. Pass a larger context, e.g. "
+            "backend_options={'n_ctx': 8192} (the model was trained on up to 32768), or "
+            "shorten the text. Nothing was evaluated."
+        )
+
+    monkeypatch.setattr(DeterministicBackend, "complete", too_long)
+    code, out, err = run_main("classify", files / "reviews.csv", "--labels", "a", "b", *DET)
+    assert code == 1 and out == ""
+    line = error_line(err)
+    assert "Pass a larger context, e.g. --backend-option n_ctx=8192 (the model" in line
+    assert "backend_options" not in line

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from skllmprob import InputError
-from skllmprob._csvio import check_writable, read_csv, write_csv
+from skllmprob.cli.csvio import check_writable, read_csv, write_csv
 
 cells = st.text(
     alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\x00\r"),

@@ -31,11 +31,20 @@ How a page runs
 - Every page's folder starts with the example files the documentation refers to,
   made from the demo's 40 reviews as docs/cli.md shows: ``train.csv`` and
   ``test.csv`` (text, label) and ``reviews.csv`` (text).
+
+The site builds
+---------------
+``mkdocs build --strict`` (the docs extra: mkdocs-material, mkdocstrings[python]) must
+pass, so a broken link or reference fails the suite, and the API reference must show no
+raw Sphinx role (``:meth:`...```): docs/griffe_roles.py turns them into code spans and
+cross-references.
 """
 
 from __future__ import annotations
 
 import csv
+import html
+import importlib.util
 import os
 import re
 import subprocess
@@ -240,3 +249,41 @@ def test_page_runs(page: Page, tmp_path, monkeypatch, request):
             )
         if b.kind == "stub":  # it really went over HTTP to the stub
             assert stub.requests > before, f"the block at {where} sent no request"
+
+
+#: A Sphinx role left raw in the HTML (after Markdown: ``:meth:<code>x</code>``).
+_RAW_ROLE = re.compile(r":(?:py:)?(?:attr|class|const|data|exc|func|meth|mod|obj):(?:<code>|`)")
+#: The packages the site build needs (the ``docs`` extra).
+DOCS_MODULES = {"mkdocs": "mkdocs", "material": "mkdocs-material", "mkdocstrings": "mkdocstrings"}
+
+
+def test_site_builds_in_strict_mode_with_the_roles_rendered(tmp_path):
+    missing = [pkg for mod, pkg in DOCS_MODULES.items() if importlib.util.find_spec(mod) is None]
+    if importlib.util.find_spec("mkdocstrings_handlers.python") is None:
+        missing.append("mkdocstrings-python")
+    assert not missing, f"building the site needs {missing}: pip install -e '.[docs]'"
+    site = tmp_path / "site"
+    # not --quiet: it hides the warnings from the count that makes --strict abort
+    config = ["-f", str(ROOT / "mkdocs.yml"), "-d", str(site)]
+    r = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", *config],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert r.returncode == 0, f"mkdocs build --strict failed:\n{r.stdout}\n{r.stderr}"
+
+    api = (site / "api" / "index.html").read_text(encoding="utf-8")
+    assert 'id="skllmprob.LogprobClassifier.predict_proba"' in api  # docstrings rendered
+    raw = sorted({api[m.start() : m.end() + 40] for m in _RAW_ROLE.finditer(api)})
+    assert not raw, f"raw Sphinx roles in the API reference: {raw}"
+    # the roles became code spans that link to the objects rendered on the page
+    assert re.search(r'<a class="autorefs autorefs-internal"[^>]*><code>', api)
+
+    # the benchmarks page links to the repository's results file, published with the site
+    bench = (site / "benchmarks" / "index.html").read_text(encoding="utf-8")
+    results = site / "repo" / "benchmarks" / "RESULTS-calibration" / "index.html"
+    assert 'href="../repo/benchmarks/RESULTS-calibration/"' in html.unescape(bench)
+    assert "Calibration in <code>fit</code>" in results.read_text(encoding="utf-8")

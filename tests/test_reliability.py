@@ -2,8 +2,9 @@
 server errors and timeouts, a server that dies mid-run, a client killed with SIGKILL
 again and again, and several processes and threads sharing one cache file.
 
-The scenarios live in :mod:`skllmprob.testing.faults` (``benchmarks/faults.py``
-prints the same numbers as a table); they drive the public API and count from the
+The scenarios live in tests/fault_server.py and tests/fault_clients.py, their
+counters in tests/fault_tools.py (``benchmarks/faults.py`` prints the same numbers as
+a table); they drive the public API and count from the
 outside: the stub server's request log, the cache file read with ``sqlite3``, and
 the probabilities of an uninterrupted run. The full-size scenarios are marked
 ``slow`` (about a minute together on 2 cores); a small mixed-fault run and the
@@ -17,19 +18,12 @@ import sys
 
 import numpy as np
 import pytest
+from fault_clients import client_sigkills, shared_cache
+from fault_server import mixed_faults, server_goes_away
+from fault_tools import StubProcess, audit_cache, reference_proba, synthetic_texts
 
 from skllmprob import LogprobClassifier
 from skllmprob.testing import OpenAIStub
-from skllmprob.testing.faults import (
-    StubProcess,
-    audit_cache,
-    client_sigkills,
-    mixed_faults,
-    reference_proba,
-    server_goes_away,
-    shared_cache,
-    synthetic_texts,
-)
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 
@@ -158,8 +152,11 @@ def test_sigkill_of_the_client_five_times(tmp_path):
     rounds = r.details["rounds"]
     assert len(rounds) == 5 and r.injected["client SIGKILL"] == 5
     entries = 0
-    for rd in rounds:
-        assert rd["integrity"] == "ok" and rd["corrupt"] == 0, rd
+    for k, rd in enumerate(rounds):
+        # The first kill comes at a random moment after the start: on a loaded machine
+        # the child may not have created its cache file yet (an empty, healthy cache).
+        healthy = ("ok", "ok (no file yet)") if k == 0 else ("ok",)
+        assert rd["integrity"] in healthy and rd["corrupt"] == 0, rd
         assert not rd["finished_before_kill"], rd
         # Only the requests in flight (and answers not yet committed) are lost.
         assert rd["requests"] - (rd["entries"] - entries) <= 3 * conc, rd

@@ -17,6 +17,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import time
 import traceback
 import uuid
 import warnings
@@ -30,11 +31,13 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.utils import estimator_html_repr
 
 from skllmprob import (
+    ConfigurationError,
     LogprobClassifier,
     PartialResultsError,
     RequestRejectedError,
     SkllmprobError,
 )
+from skllmprob.backends import Query
 from skllmprob.backends.openai import OpenAIBackend
 from skllmprob.cache import default_cache_path
 from skllmprob.testing import OpenAIStub
@@ -386,6 +389,35 @@ def test_an_unpickled_classifier_says_why_it_has_no_key(monkeypatch):
     assert "unpickled" not in str(info.value)
 
 
+def test_an_unpickled_backend_refused_by_a_local_server_says_why(stub, monkeypatch):
+    """A server other than OpenAI gets the placeholder when the key was dropped by a
+    pickle; its 401 then says why there is no key."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    backend = OpenAIBackend(
+        "stub-model", base_url=stub.base_url, api_key=KEY, max_retries=0, max_concurrency=1
+    )
+    back = pickle.loads(pickle.dumps(backend))
+    with pytest.raises(RequestRejectedError, match=r"401.*unpickled.*OPENAI_API_KEY") as info:
+        back.complete(TEXTS[:2], Query(top_logprobs=5), on_result=lambda i, c: None)
+    assert stub.requests == 1  # the 401 stops the call
+    assert stub.log[-1]["auth"] == "bearer"  # the placeholder, not the key
+    for part in everything_in(info.value):
+        assert_no_key(part, "the error of an unpickled backend")
+    fresh = OpenAIBackend("stub-model", base_url=stub.base_url, max_retries=0)
+    with pytest.raises(RequestRejectedError) as info:
+        fresh.complete(TEXTS[:1], Query(top_logprobs=5), on_result=lambda i, c: None)
+    assert "unpickled" not in str(info.value)  # never pickled: no such note
+
+
+def test_shared_clients_are_looked_up_by_a_hash_of_the_key(stub, key_source):
+    from skllmprob.backends import base
+
+    make(stub, key_source, cache=False).fit(None, None).predict_proba(TEXTS[:1])
+    keys = [k for k in base._RESOURCES if k and k[0] == "openai-client"]
+    assert keys
+    assert_no_key(repr(keys), "the keys of the shared resources")
+
+
 # ------------------------------------------------------------------ isolation
 
 
@@ -462,3 +494,86 @@ def test_whatever_the_model_answers_is_only_read_as_probabilities(tmp_path):
     assert hostile in clf.other_tokens_  # reported as what the model said instead
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
     assert clf.coverage_ < 0.2  # and coverage shows that labels got little mass
+
+
+# ------------------------------------------------------------------ keys with stray characters
+
+#: Keys that cannot go in an HTTP header, whatever is stripped around them.
+BAD_KEYS = {
+    "inner-newline": KEY[:20] + "\n" + KEY[20:],
+    "inner-carriage-return": KEY[:20] + "\r" + KEY[20:],
+    "non-ascii": KEY[:20] + "\u00e9" + KEY[20:],
+    "typographic-dash": KEY[:20] + "\u2013" + KEY[20:],
+    "escape": KEY[:20] + "\x1b" + KEY[20:],
+    "trailing-non-ascii": KEY + "\u00a0x",
+}
+PROBLEMS = {
+    "inner-newline": "line break",
+    "inner-carriage-return": "line break",
+    "non-ascii": "non-ASCII character",
+    "typographic-dash": "non-ASCII character",
+    "escape": "control character",
+    "trailing-non-ascii": "non-ASCII character",
+}
+
+
+def give_key(source: str, key: str, monkeypatch) -> dict:
+    """The estimator keywords giving ``key`` from ``source`` (``api_key`` or ``env``)."""
+    if source == "api_key":
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+        return {"api_key": key}
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    return {}
+
+
+@pytest.mark.parametrize("source", ["api_key", "env"])
+@pytest.mark.parametrize("around", [("", "\n"), ("", "\r\n"), ("", "\r"), (" \t", " \n")])
+def test_whitespace_around_the_key_is_stripped(stub, monkeypatch, debug_logs, source, around):
+    given = around[0] + KEY + around[1]
+    clf = make(stub, give_key(source, given, monkeypatch), cache=False)
+    proba = clf.fit(None, None).predict_proba(TEXTS)
+    assert proba.shape == (len(TEXTS), 2)
+    # The stub only answers the exact key: it was sent, stripped, with every request.
+    assert stub.requests == len(TEXTS) == stub.prompt_successes.total()
+    assert all(e["auth"] == "bearer" and e.get("status") == 200 for e in stub.log)
+    assert_no_key("\n".join(debug_logs.lines), "a log line")
+
+
+@pytest.mark.parametrize("source", ["api_key", "env"])
+@pytest.mark.parametrize("name", list(BAD_KEYS))
+def test_a_key_that_cannot_go_in_a_header_is_refused_before_any_request(
+    stub, monkeypatch, debug_logs, source, name
+):
+    bad = BAD_KEYS[name]
+    clf = make(stub, give_key(source, bad, monkeypatch), cache=False)  # max_retries=5
+    start = time.monotonic()
+    with pytest.raises(ConfigurationError) as info:
+        clf.fit(None, None).predict_proba(TEXTS)
+    assert time.monotonic() - start < 2.0  # no retries: nothing was sent
+    assert stub.requests == 0
+    message = str(info.value)
+    assert PROBLEMS[name] in message and "HTTP header" in message
+    assert ("api_key=" if source == "api_key" else "$OPENAI_API_KEY") in message
+    fragments = [bad[:12], bad[-12:], *NEEDLES]
+    for i, part in enumerate(everything_in(info.value)):
+        text = part.decode("latin-1") if isinstance(part, bytes) else str(part)
+        assert not [f for f in fragments if f in text], f"part {i} of the error shows the key"
+    logged = "\n".join(debug_logs.lines) + repr([(r.msg, r.args) for r in debug_logs.records])
+    assert not [f for f in fragments if f in logged], "a log line shows the key"
+
+
+@pytest.mark.parametrize("name", ["inner-newline", "non-ascii"])
+def test_the_cli_traceback_of_a_refused_key_shows_no_key(stub, monkeypatch, tmp_path, name):
+    from skllmprob.cli import main
+
+    bad = BAD_KEYS[name]
+    monkeypatch.setenv("MY_KEY", bad)
+    (tmp_path / "in.csv").write_text("text\n" + "".join(f'"{t}"\n' for t in TEXTS))
+    out, err = io.StringIO(), io.StringIO()
+    args = ["classify", str(tmp_path / "in.csv"), "--labels", *LABELS, "--model", "stub-model"]
+    args += ["--base-url", stub.base_url, "--api-key-env", "MY_KEY", "--no-cache", "--traceback"]
+    code = main(args, stdin=io.StringIO(""), stdout=out, stderr=err)
+    assert code != 0 and stub.requests == 0
+    assert "Traceback" in err.getvalue() and "HTTP header" in err.getvalue()
+    shown = out.getvalue() + err.getvalue()
+    assert not [f for f in [bad[:12], bad[-12:], *NEEDLES] if f in shown]

@@ -228,11 +228,6 @@ def shared_resource(key: tuple, factory: Callable[[], Any]) -> Any:
         return _RESOURCES[key]
 
 
-def drop_resource(key: tuple) -> None:
-    """Forget a shared resource (it is closed by garbage collection)."""
-    _RESOURCES.pop(key, None)
-
-
 def resource_loads(kind: str) -> int:
     """How many resources of ``kind`` this process has built so far."""
     return _LOADS.get(kind, 0)

@@ -14,6 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .. import calibration as _cal
 from .. import calibration_ext as _ext
+from .._validation import check_sample_weight
 from ..exceptions import ConfigurationError, InputError
 
 __all__ = [
@@ -203,15 +204,7 @@ class Calibrator(BaseEstimator):
             raise InputError(f"y has shape {y.shape}, expected ({n},): one class per row.")
         if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= k:
             raise InputError(f"y must hold class indices in range({k}), got {y[:10]!r}.")
-        if sample_weight is not None:
-            sample_weight = np.asarray(sample_weight, dtype=float)
-            if sample_weight.ndim == 0:
-                sample_weight = np.full(n, float(sample_weight))
-            if sample_weight.shape != (n,):
-                raise InputError(
-                    f"sample_weight has shape {sample_weight.shape}, expected ({n},)."
-                )
-        return log_mass, y, sample_weight
+        return log_mass, y, check_sample_weight(sample_weight, n)
 
     def _implied_n_classes(self) -> int:
         content_free = getattr(self, "content_free_log_mass", None)

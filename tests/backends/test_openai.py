@@ -197,6 +197,32 @@ def test_key_read_lazily_from_environment(monkeypatch):
         assert stub.log[-1]["auth"] == "bearer"
 
 
+def test_a_key_read_with_its_line_end_is_sent_stripped(monkeypatch):
+    """A key read from a file or a CRLF ``.env``: the line end is not part of it."""
+    with OpenAIStub(api_key="sk-SECRET-abc123") as stub:
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+        backend = OpenAIBackend("stub-model", base_url=stub.base_url, api_key="sk-SECRET-abc123\n")
+        assert len(collect(backend, ["a", "b"])) == 2
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-SECRET-abc123\r")
+        assert len(collect(OpenAIBackend("stub-model", base_url=stub.base_url), ["c"])) == 1
+        assert stub.requests == 3 and stub.prompt_successes.total() == 3
+
+
+@pytest.mark.parametrize(
+    "key", ["sk-SECRET-abc\n123", "sk-SECRET-abc\u00e9123", "sk-SECRET\r\n-abc"]
+)
+def test_a_key_that_cannot_be_a_header_is_refused_before_any_request(key):
+    with OpenAIStub(api_key="sk-SECRET-abc123") as stub:
+        backend = OpenAIBackend("stub-model", base_url=stub.base_url, api_key=key)
+        start = time.monotonic()
+        with pytest.raises(ConfigurationError, match="cannot be sent in an HTTP header") as info:
+            collect(backend, ["a", "b"])
+        assert time.monotonic() - start < 2.0 and stub.requests == 0
+        shown = "".join(traceback.format_exception(info.value)) + repr(info.value.args)
+        assert "SECRET" not in shown and "abc" not in shown
+        assert info.value.__cause__ is None and info.value.__context__ is None
+
+
 def test_clones_share_one_client_and_loop(stub):
     before = resource_loads("openai-client")
     for _ in range(3):
@@ -433,6 +459,126 @@ def test_server_down_is_backend_unavailable():
     ).fit(None, None)
     with pytest.raises(BackendUnavailableError, match=r"cannot reach .*127\.0\.0\.1"):
         clf.predict_proba(TEXTS)
+
+
+class _DroppingServer:
+    """A TCP server on 127.0.0.1 that accepts every connection and closes it at once,
+    without a byte of answer (a crashing server, or something that is not HTTP)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+    def __enter__(self) -> _DroppingServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+        self.thread.join(5)
+
+
+def test_a_server_that_drops_connections_is_not_reported_as_down():
+    with _DroppingServer() as server:
+        url = f"http://127.0.0.1:{server.port}/v1"
+        clf = LogprobClassifier("m", labels=LABELS, base_url=url, max_retries=1, cache=False)
+        with pytest.raises(BackendUnavailableError) as info:
+            clf.fit(None, None).predict_proba(TEXTS)
+        assert server.accepted >= 2  # a request and its retry were accepted
+    message = str(info.value)
+    assert f"{url} accepted the connections and then closed them without an answer" in message
+    assert "failed to connect" not in message and "Is the server running" not in message
+    assert "closed by the server" in message  # the reason, per request
+
+
+def test_a_server_that_drops_some_connections_says_so_in_the_partial_error(stub):
+    stub.add_fault("disconnect", match=TEXTS[-1], times=None)
+    with pytest.raises(PartialResultsError) as info:
+        make(stub, max_retries=0, max_concurrency=1, cache=False).predict_proba(TEXTS)
+    assert "connection closed by the server without an answer" in str(info.value)
+    assert "failed to connect" not in str(info.value)
+
+
+def _all_text(exc: BaseException) -> str:
+    """An exception's message, traceback, chained causes and their attributes."""
+    parts, todo, seen = [], [exc], []
+    while todo:
+        e = todo.pop()
+        if e is None or any(e is s for s in seen):
+            continue
+        seen.append(e)
+        parts += [str(e), repr(e), repr(e.args), repr(getattr(e, "__dict__", ""))]
+        parts += [repr(getattr(e, "request", None)), repr(getattr(e, "response", None))]
+        todo += [e.__cause__, e.__context__, *getattr(e, "errors", [])]
+    return "".join(traceback.format_exception(exc)) + "\n".join(parts)
+
+
+def test_a_password_in_base_url_is_masked_in_every_message_and_repr(stub):
+    secret = "PaSs-w0rd-XyZ"
+
+    def url(port):
+        return f"http://Bob:{secret}@127.0.0.1:{port}/v1"
+
+    shown = []
+    with socket.socket() as s:  # nothing listens there
+        s.bind(("127.0.0.1", 0))
+        refused = s.getsockname()[1]
+    backend = OpenAIBackend("m", base_url=url(refused), max_retries=0)
+    shown += [repr(backend), str(backend.identity())]
+    with pytest.raises(BackendUnavailableError, match="cannot reach") as info:
+        collect(backend, ["a"])
+    shown.append(_all_text(info.value))
+    with _DroppingServer() as server:
+        with pytest.raises(BackendUnavailableError, match="closed them") as info:
+            collect(OpenAIBackend("m", base_url=url(server.port), max_retries=0), ["a"])
+        shown.append(_all_text(info.value))
+    stub.add_fault("404", times=None)
+    port = stub.base_url.rsplit(":", 1)[1].split("/")[0]
+    with pytest.raises(RequestRejectedError, match="rejected") as info:
+        collect(OpenAIBackend("m", base_url=url(port), max_retries=0), ["a"])
+    shown.append(_all_text(info.value))
+    stub.clear_faults()
+    stub.add_fault("500", match="b", times=None)
+    with pytest.raises(PartialResultsError) as info:
+        collect(OpenAIBackend("m", base_url=url(port), max_retries=0), ["a", "b"])
+    shown.append(_all_text(info.value))
+    with pytest.raises(ConfigurationError, match="ends with an endpoint path") as info:
+        collect(OpenAIBackend("m", base_url=url(port) + "/chat/completions"), ["a"])
+    shown.append(_all_text(info.value))
+    text = "\n".join(shown)
+    assert secret not in text and secret.lower() not in text
+    # The user name is shown as it was given (the URL is not lower-cased) ...
+    assert text.count("Bob:***@127.0.0.1") >= 6 and "bob:" not in text
+    # ... and the password reaches the server in its own case.
+    assert OpenAIBackend("m", base_url=url(1)).resolved_base_url() == url(1)
+
+
+@pytest.mark.parametrize("userinfo", ["Bob:PaSs-w0rd-XyZ", "PaSs-w0rd-XyZ"])
+def test_a_password_in_base_url_is_masked_in_debug_logs(stub, caplog, userinfo):
+    caplog.set_level(logging.DEBUG)
+    port = stub.base_url.rsplit(":", 1)[1].split("/")[0]
+    backend = OpenAIBackend(
+        "m", base_url=f"http://{userinfo}@127.0.0.1:{port}/v1", max_retries=1, timeout=5
+    )
+    stub.add_fault("500", match="b", times=None)
+    with pytest.raises(PartialResultsError):
+        collect(backend, ["a", "b"])
+    text = "\n".join(r.getMessage() for r in caplog.records) + caplog.text
+    assert "HTTP Request: POST http://" in text and "***@127.0.0.1" in text
+    assert "PaSs-w0rd-XyZ" not in text
 
 
 def test_many_failures_in_a_row_stop_sending(stub):

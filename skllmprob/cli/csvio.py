@@ -25,6 +25,7 @@ import contextlib
 import csv
 import io
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -32,9 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from .exceptions import InputError
+from ..exceptions import InputError
 
-__all__ = ["CsvTable", "check_writable", "display_name", "read_csv", "write_csv"]
+__all__ = [
+    "CsvTable",
+    "check_writable",
+    "display_name",
+    "read_csv",
+    "replace_keeping_mode",
+    "write_csv",
+]
 
 STDIO = "-"
 _MAX_FIELD = 2**31 - 1
@@ -209,7 +217,8 @@ def write_csv(
     """Write a CSV file (``"-"``: standard output).
 
     A file is written to a temporary name in the same folder and then renamed, so
-    an interrupted run never leaves half a file behind.
+    an interrupted run never leaves half a file behind. A file that is replaced keeps
+    its permissions; a new one gets 0644 less the umask.
     """
     path = os.fspath(path)
     if path == STDIO:
@@ -226,12 +235,24 @@ def write_csv(
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(header)
             writer.writerows(rows)
-        os.chmod(tmp, 0o644 & ~_umask())
-        os.replace(tmp, target)
+        replace_keeping_mode(tmp, target, 0o644 & ~_umask())
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def replace_keeping_mode(tmp: str | os.PathLike, target: Path, new_mode: int | None) -> None:
+    """Rename ``tmp`` to ``target``; the result keeps the permissions of the file it
+    replaces (a 0600 file stays 0600), and a new file gets ``new_mode`` (``None``:
+    those of ``tmp``)."""
+    try:
+        mode: int | None = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        mode = new_mode
+    if mode is not None:
+        os.chmod(tmp, mode)
+    os.replace(tmp, target)
 
 
 def _umask() -> int:

@@ -1,0 +1,195 @@
+"""The OpenAI backend: settings (see :mod:`.settings`) plus the client and the call."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from ...exceptions import BackendUnavailableError, ConfigurationError
+from ..base import OnResult, Query, shared_resource
+from . import errors
+from .keys import key_for_requests
+from .runner import _Plan, run_requests
+from .settings import _AZURE_HOSTS, OpenAISettings
+
+log = logging.getLogger("skllmprob.openai")
+
+
+class OpenAIBackend(OpenAISettings):
+    """OpenAI or any OpenAI-compatible server.
+
+    Parameters
+    ----------
+    model : str
+        The model name (for Azure with ``api_version``: the deployment name).
+    base_url : str, optional
+        The server, e.g. ``"http://127.0.0.1:8000/v1"``. ``None``: ``$OPENAI_BASE_URL``
+        or OpenAI. Azure OpenAI: ``"https://<resource>.openai.azure.com/openai/v1"``,
+        or the resource URL with ``api_version``.
+    api_key : str or SecretKey, optional
+        ``None`` reads ``$OPENAI_API_KEY`` (Azure: ``$AZURE_OPENAI_API_KEY`` first)
+        when the first request is made; other servers than OpenAI and Azure then get
+        a placeholder. Never stored in a pickle. Whitespace around the key (the
+        line end of a key read from a file or a CRLF ``.env``), from either source,
+        is stripped; a key with any other character that cannot go in an HTTP header
+        (a line break inside it, a control or non-ASCII character) is refused with a
+        :class:`~skllmprob.exceptions.ConfigurationError` before any request, and
+        the message never shows the key.
+    endpoint : {"auto", "chat", "completions"}, default="auto"
+        See the module documentation.
+    timeout : float, default=60.0
+        Seconds per request attempt.
+    max_retries : int, default=5
+        Retries per request (by the SDK) on 429, 5xx, timeouts and connection errors.
+    max_concurrency : int, default=8
+        Requests in flight at once, for all calls with these settings in this process.
+    requests_per_minute, tokens_per_minute : float, optional
+        Client-side pacing (bursts of at most one second's worth). Tokens are
+        estimated as one per 4 characters of the prompt, plus the answer token.
+    temperature : float, default=1.0
+        Sent explicitly (servers otherwise apply their own default). Reported
+        log-probabilities are normally the model's own, whatever the temperature.
+    system_prompt : str, optional
+        A system message before the prompt (chat endpoint only).
+    logit_bias : dict, optional
+        Token id -> bias, sent as is.
+    seed : int, optional
+        Sent as is.
+    max_tokens_param : {"auto", "max_tokens", "max_completion_tokens"}, default="auto"
+        How the one-token limit is named: ``"auto"`` sends ``max_completion_tokens``
+        to OpenAI's and Azure's chat endpoints (required by newer models) and
+        ``max_tokens`` everywhere else (many servers only know it).
+    top_logprobs_limit : int, None or "auto", default="auto"
+        The largest ``top_logprobs`` accepted. ``"auto"``: OpenAI's and Azure's caps
+        (20 on chat, 5 on legacy completions), no cap elsewhere (the server answers
+        a 400 if it has one).
+    api_version : str, optional
+        Azure OpenAI's ``api-version`` for a resource URL (uses
+        :class:`openai.AsyncAzureOpenAI`; ``model`` is the deployment).
+    extra_body : dict, optional
+        More JSON fields for every request (part of the cache key).
+    default_headers : dict, optional
+        More HTTP headers (not part of the cache key; not for secrets that the
+        repr must hide).
+    """
+
+    # -- the client -----------------------------------------------------------------------
+
+    def _client(self, key: str) -> Any:
+        fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
+        headers = tuple(sorted((self.default_headers or {}).items()))
+        resource = (
+            "openai-client",
+            self.resolved_base_url(),
+            fingerprint,
+            self.timeout,
+            self.max_retries,
+            self.api_version,
+            headers,
+        )
+        return shared_resource(resource, lambda: self._make_client(key))
+
+    def _make_client(self, key: str) -> Any:
+        try:
+            import openai
+        except ImportError as e:  # pragma: no cover - openai is a core dependency
+            raise BackendUnavailableError(
+                "the OpenAI backend needs the openai package: pip install openai"
+            ) from e
+        if urlsplit(self.resolved_base_url()).username is not None:  # userinfo
+            errors.mask_url_passwords_in_logs()
+        http = openai.DefaultAsyncHttpxClient(
+            event_hooks={"response": [errors._stop_futile_retries]}
+        )
+        common = {
+            "api_key": key,
+            "timeout": self.timeout,
+            "max_retries": self.max_retries,
+            "default_headers": self.default_headers,
+            "http_client": http,
+        }
+        if self.api_version is not None:
+            return openai.AsyncAzureOpenAI(
+                azure_endpoint=self.resolved_base_url(), api_version=self.api_version, **common
+            )
+        if self._host().endswith(_AZURE_HOSTS) and "/openai/v1" not in self.resolved_base_url():
+            raise ConfigurationError(
+                f"{self.shown_url()} is an Azure OpenAI resource: use its v1 API "
+                "(base_url='https://<resource>.openai.azure.com/openai/v1') or give "
+                "backend_options={'api_version': '...'} with the deployment as model."
+            )
+        return openai.AsyncOpenAI(base_url=self.resolved_base_url(), **common)
+
+    def _plan(self, query: Query, key: str, secret: str | None, response_type: type) -> _Plan:
+        body, messages, overhead = self._request_body(query)
+        chat = self.resolved_endpoint() == "chat"
+        fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
+        base = (self.resolved_base_url(), fingerprint)
+        limited = self.requests_per_minute or self.tokens_per_minute
+        return _Plan(
+            path="/chat/completions" if chat else "/completions",
+            chat=chat,
+            body=body,
+            messages=messages,
+            secret=secret,
+            response_type=response_type,
+            semaphore_key=(*base, self.model, self.max_concurrency),
+            limiter_key=(
+                (*base, self.model, self.requests_per_minute, self.tokens_per_minute)
+                if limited
+                else None
+            ),
+            rpm=self.requests_per_minute,
+            tpm=self.tokens_per_minute,
+            max_concurrency=self.max_concurrency,
+            token_overhead=overhead,
+            breaker=self._breaker(),
+        )
+
+    def _breaker(self) -> int:
+        """Failures in a row after which the rest of a call is not sent."""
+        return max(10, 2 * self.max_concurrency)
+
+    # -- running --------------------------------------------------------------------------
+
+    def complete(self, prompts: Sequence[str], query: Query, *, on_result: OnResult) -> None:
+        self.check_query(query)
+        if not prompts:
+            return
+        key, secret = key_for_requests(self)
+        client = self._client(key)
+        plan = self._plan(query, key, secret, _response_type())
+        log.debug(
+            "sending %d requests to %s (model %s, %s endpoint, at most %d in flight)",
+            len(prompts),
+            self.shown_url(),
+            self.model,
+            self.resolved_endpoint(),
+            self.max_concurrency,
+        )
+        out = run_requests(
+            plan, client, list(prompts), lambda e: errors.classify(e, self, plan), on_result
+        )
+        if out.empty and not out.answered and out.fatal is None:
+            raise errors.empty_answers_error(self, len(out.empty))
+        for item in out.empty:
+            on_result(*item)
+        if out.fatal is not None:
+            raise out.fatal.error from out.fatal.error.__cause__
+        if out.failures:
+            raise errors.partial_error(self, out.failures, len(prompts), plan.breaker)
+
+
+def _response_type() -> type:
+    """The HTTP response class the SDK returns unparsed (``cast_to``)."""
+    try:
+        import httpx2
+
+        return httpx2.Response
+    except ImportError:  # pragma: no cover - openai versions built on httpx
+        import httpx
+
+        return httpx.Response

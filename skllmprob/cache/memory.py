@@ -1,0 +1,76 @@
+"""The in-process memory layer in front of the SQLite file."""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from collections.abc import Iterable
+
+from ..backends.base import Completion
+
+__all__ = ["MEMORY_MB", "MemoryLayer", "default_memory_bytes"]
+
+#: Default budget of the in-process memory layer (``$SKLLMPROB_CACHE_MEMORY_MB``).
+MEMORY_MB = 64
+
+
+def default_memory_bytes() -> int:
+    """The budget of ``$SKLLMPROB_CACHE_MEMORY_MB`` (MiB), else :data:`MEMORY_MB`."""
+    env = os.environ.get("SKLLMPROB_CACHE_MEMORY_MB")
+    if env:
+        try:
+            return max(0, int(float(env) * 2**20))
+        except ValueError:
+            warnings.warn(
+                f"ignoring SKLLMPROB_CACHE_MEMORY_MB={env!r}: not a number of MiB; "
+                f"the memory layer keeps its default of {MEMORY_MB} MiB.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+    return MEMORY_MB * 2**20
+
+
+def _size(c: Completion) -> int:
+    answers = 0 if c.answer_logprobs is None else len(c.answer_logprobs)
+    return 400 + 80 * len(c.tokens) + 8 * answers
+
+
+class MemoryLayer:
+    """Recently used completions, bounded by an estimate of their size (FIFO).
+
+    Entries are immutable once written, so the only way to become stale is a
+    :meth:`CompletionCache.clear`, which bumps a generation number in the file.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = int(max_bytes)
+        self.data: dict[bytes, Completion] = {}
+        self.nbytes = 0
+        self._lock = threading.Lock()
+
+    def after_fork(self) -> None:
+        """A new lock in a forked child (the parent's may be held)."""
+        self._lock = threading.Lock()
+
+    def put(self, key: bytes, c: Completion) -> None:
+        self.put_many([(key, c)])
+
+    def put_many(self, items: Iterable[tuple[bytes, Completion]]) -> None:
+        if self.max_bytes <= 0:
+            return
+        with self._lock:
+            data = self.data
+            for key, c in items:
+                old = data.pop(key, None)
+                if old is not None:
+                    self.nbytes -= _size(old)
+                data[key] = c
+                self.nbytes += _size(c)
+            while self.nbytes > self.max_bytes and data:
+                self.nbytes -= _size(data.pop(next(iter(data))))
+
+    def clear(self) -> None:
+        with self._lock:
+            self.data = {}
+            self.nbytes = 0
