@@ -20,7 +20,9 @@ classes: ``"none"`` and ``"contextual"`` work so, the others raise.
 (array([-0.763,  0.763]), 1.0, None, array([0, 1, 1, 1]))
 """
 
+from .auto import AutoCalibrator
 from .base import CALIBRATORS, Calibrator, make_calibrator, register_calibrator
+from .extra import BatchCalibrator, VectorCalibrator
 from .methods import (
     AffineCalibrator,
     BiasCalibrator,
@@ -34,6 +36,8 @@ from .methods import (
 __all__ = [
     "CALIBRATORS",
     "AffineCalibrator",
+    "AutoCalibrator",
+    "BatchCalibrator",
     "BiasCalibrator",
     "Calibrator",
     "ContextualBiasCalibrator",
@@ -41,6 +45,7 @@ __all__ = [
     "LabelMetric",
     "NoCalibrator",
     "ThresholdCalibrator",
+    "VectorCalibrator",
     "make_calibrator",
     "register_calibrator",
 ]
