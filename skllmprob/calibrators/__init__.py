@@ -8,6 +8,12 @@ probabilities ``apply_offsets(log_mass, bias_, temperature_)`` and for
 :func:`make_calibrator` builds one by name. A new method is one subclass of
 :class:`Calibrator` decorated with :func:`register_calibrator`.
 
+Modules: :mod:`~skllmprob.calibrators.base` (the base class, the registry),
+:mod:`~skllmprob.calibrators.methods` (``"none"``, ``"bias"``, ``"affine"``,
+``"threshold"``, ``"contextual"``, ``"contextual-bias"``),
+:mod:`~skllmprob.calibrators.extra` (``"vector"``, ``"batch"``) and
+:mod:`~skllmprob.calibrators.auto` (``"auto"``), registered in that order.
+
 Labels are class *indices* into the columns of the log-masses. Without labels
 (zero-shot) ``fit`` gets ``y=None`` (or an empty ``y``), and ``log_mass`` may be
 ``None`` when ``classes`` or ``content_free_log_mass`` tells the number of
