@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import re
 
-__all__ = ["SecretKey", "SecretParam", "mask_url"]
+__all__ = ["SecretKey", "SecretParam", "SecretURL", "SecretURLParam", "mask_url"]
 
 
 class SecretKey:
@@ -110,7 +110,7 @@ class SecretParam:
 
 def reveal(value: object) -> object:
     """Return the plain value of a possibly wrapped secret."""
-    return value.reveal() if isinstance(value, SecretKey) else value
+    return value.reveal() if isinstance(value, SecretKey | SecretURL) else value
 
 
 _USERINFO = re.compile(
@@ -140,3 +140,84 @@ def mask_url(text: str) -> str:
         return f"{m.group('scheme')}***@"
 
     return _USERINFO.sub(repl, text)
+
+
+_HAS_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*:[^/?#@\s]*@")
+
+
+def _without_password(url: str) -> str:
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*):[^/?#@\s]*@", r"\1@", url)
+
+
+class SecretURL:
+    """A URL with a password in it (``postgresql://user:pw@host/db``) that does not
+    show the password.
+
+    ``repr`` and ``str`` mask it, a pickle carries the URL without it (the
+    password is then read as the server's client library reads it: for
+    PostgreSQL ``$PGPASSWORD`` or ``~/.pgpass``), and ``deepcopy`` returns the same
+    object so that :func:`sklearn.base.clone` keeps it.
+
+    >>> url = SecretURL("postgresql://app:s3cret@127.0.0.1:5432/skllm")
+    >>> url
+    SecretURL('postgresql://app:***@127.0.0.1:5432/skllm')
+    >>> url.reveal()
+    'postgresql://app:s3cret@127.0.0.1:5432/skllm'
+    >>> import pickle
+    >>> pickle.loads(pickle.dumps(url))
+    'postgresql://app@127.0.0.1:5432/skllm'
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The URL itself, password included."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"SecretURL({mask_url(self._value)!r})"
+
+    def __str__(self) -> str:
+        return mask_url(self._value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, SecretURL):
+            other = other._value
+        if isinstance(other, str):
+            return hmac.compare_digest(self._value.encode(), other.encode())
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(mask_url(self._value))
+
+    def __deepcopy__(self, memo: dict) -> SecretURL:
+        return self
+
+    def __copy__(self) -> SecretURL:
+        return self
+
+    def __reduce__(self):
+        # The password never enters a pickle: the plain URL without it does.
+        return (str, (_without_password(self._value),))
+
+
+def wrap_url_secret(value: object) -> object:
+    """``value`` wrapped in :class:`SecretURL` when it is a URL with a password."""
+    if isinstance(value, str) and _HAS_PASSWORD.match(value):
+        return SecretURL(value)
+    return value
+
+
+class SecretURLParam(SecretParam):
+    """Descriptor for an estimator parameter that may hold a URL with a password
+    (``cache="postgresql://user:pw@host/db"``): such a URL is stored as a
+    :class:`SecretURL`; anything else as it is."""
+
+    def __set__(self, obj: object, value: object) -> None:
+        obj.__dict__[self.name] = wrap_url_secret(value)

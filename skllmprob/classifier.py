@@ -22,10 +22,11 @@ from ._fit_calibration import (
     content_free_items,
     estimator_calibrator,
 )
-from ._secrets import SecretKey, SecretParam
+from ._secrets import SecretKey, SecretParam, SecretURL, SecretURLParam
 from ._validation import check_sample_weight, check_X, set_features
 from .backends.base import Backend
-from .backends.factory import ANSWER_SETTINGS, check_unchanged, make_backend
+from .backends.decisions.estimator import answer_descriptions, decision_call, warn_refusals
+from .backends.factory import ANSWER_SETTINGS, DECISION_BACKENDS, check_unchanged, make_backend
 from .cache import open_cache
 from .calibrators import CALIBRATORS, Calibrator
 from .exceptions import ConfigurationError, ContextOverflowError
@@ -50,6 +51,7 @@ _LABELLED_CALIBRATIONS = tuple(
     n for n, c in CALIBRATORS.items() if c.needs_labels or getattr(c, "learns_from_rows", False)
 )
 _N_OTHER_TOKENS = 20
+_DECISIONS = tuple(DECISION_BACKENDS)
 # The parameters make_backend takes.
 _BACKEND_PARAMS = (
     "backend",
@@ -175,11 +177,15 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         ``"domain-context"``: 20 texts of random words drawn from the texts given
         to ``fit`` (as long as they are on average; Fei et al., 2023), instead of
         fixed inputs; needs ``X`` in ``fit``.
-    backend : {"auto", "llamacpp", "openai", "deterministic"} or Backend, default="auto"
+    backend : {"auto", "llamacpp", "openai", "deterministic", "decisions", \
+"systemone"} or Backend, default="auto"
         Where log-probabilities come from. ``"auto"``: the local llama.cpp backend
         when ``model`` is ``None`` or a ``.gguf`` path, else the OpenAI client. A
         :class:`~skllmprob.backends.Backend` instance (a cheap settings object) is
-        used as is.
+        used as is. ``"decisions"`` (OpenAI's ``/v1/decisions``, e.g.
+        ``model="gpt-6-luna"``) and ``"systemone"`` (``{base_url}/systemone``,
+        TypeSafe by default, key ``$TYPESAFE_API_KEY``) ask a decision model for the
+        probability of every class (see ``docs/decisions.md``).
     base_url : str, default=None
         The OpenAI-compatible server (``None``: OpenAI, or ``$OPENAI_BASE_URL``).
     api_key : str, default=None
@@ -208,6 +214,9 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
     backend_options : dict, default=None
         Further settings passed to the backend (e.g. ``n_ctx`` for llama.cpp,
         ``requests_per_minute`` for servers).
+    descriptions : dict, default=None
+        Class -> one line describing it; sent as the options' descriptions by the
+        decision backends.
     progress : bool or "auto", default="auto"
         A progress bar for long runs (``"auto"``: on a terminal, 50 prompts or more).
 
@@ -289,6 +298,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
     """
 
     api_key = SecretParam()
+    cache = SecretURLParam()
 
     _parameter_constraints: ClassVar[dict] = {
         "model": [str, os.PathLike, None],
@@ -302,17 +312,21 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         "class_weight": [dict, StrOptions({"balanced"}), None],
         "calibration_base": [str, None],
         "content_free": [list, tuple, StrOptions({DOMAIN_CONTEXT})],
-        "backend": [StrOptions({"auto", "llamacpp", "openai", "deterministic"}), Backend],
+        "backend": [
+            StrOptions({"auto", "llamacpp", "openai", "deterministic", *_DECISIONS}),
+            Backend,
+        ],
         "base_url": [str, None],
         "api_key": [SecretKey, None],
         "endpoint": [StrOptions({"auto", "chat", "completions"})],
         "top_logprobs": [Interval(numbers.Integral, 1, None, closed="left")],
         "option_codes": [StrOptions({"auto", "never", "letters", "numbers"})],
-        "cache": ["boolean", str, os.PathLike],
+        "cache": ["boolean", str, os.PathLike, SecretURL],
         "max_concurrency": [Interval(numbers.Integral, 1, None, closed="left")],
         "timeout": [Interval(numbers.Real, 0, None, closed="neither")],
         "max_retries": [Interval(numbers.Integral, 0, None, closed="left")],
         "backend_options": [dict, None],
+        "descriptions": [dict, None],
         "progress": ["boolean", StrOptions({"auto"})],
     }
 
@@ -341,6 +355,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         timeout=60.0,
         max_retries=5,
         backend_options=None,
+        descriptions=None,
         progress="auto",
     ):
         self.model = model
@@ -365,6 +380,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         self.timeout = timeout
         self.max_retries = max_retries
         self.backend_options = backend_options
+        self.descriptions = descriptions
         self.progress = progress
 
     # ------------------------------------------------------------------ plumbing
@@ -573,6 +589,10 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         """Fetch (through the cache) and score: ``(log_mass, floored, completions,
         usage)``."""
         query = self.scorer_.query(self.top_logprobs)
+        descriptions = answer_descriptions(self.descriptions, self.classes_, self.answers_)
+        backend, prompts = decision_call(
+            backend, prompts, self.prompt_renderer_.prefix, descriptions
+        )
         usage = Usage()
         try:  # also after a failure, usage_ counts what was paid for
             completions, _ = fetch_completions(
@@ -587,6 +607,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
             raise _in_terms_of_x(e, prompts) from e
         finally:
             self.usage_.record(usage)
+        warn_refusals(completions)
         log_mass, floored = self.scorer_.score(completions)
         return log_mass, floored, completions, usage
 

@@ -62,6 +62,8 @@ EXCLUDED = {
     "setup": "creates a virtual environment and installs packages from PyPI (no network "
     "in the test run; CI runs exactly these commands itself)",
     "test-suite": "runs the test suite, which would run itself",
+    "cluster": "needs a Dask, Spark or Ray cluster and a PostgreSQL server; the Dask and "
+    "PostgreSQL blocks are what tests/scale/test_dask.py and test_pgcache.py run",
     "benchmark": "benchmarks run for minutes on the data sets of /work/shared/data "
     "(taken as arguments); their results are reported from their own runs",
 }

@@ -24,7 +24,10 @@ BACKEND_DEFAULTS = {
 
 #: The settings that change the answers (the others only change how they are
 #: fetched): a fitted estimator must be fitted again when one of them changes.
-ANSWER_SETTINGS = ("backend", "model", "base_url", "endpoint", "backend_options")
+ANSWER_SETTINGS = ("backend", "model", "base_url", "endpoint", "backend_options", "descriptions")
+
+#: The decision-model backends (``backend=`` names) and an example model of each.
+DECISION_BACKENDS = {"decisions": "gpt-6-luna", "systemone": "jev-latest"}
 
 
 def make_backend(
@@ -49,7 +52,8 @@ def make_backend(
 
     Parameters
     ----------
-    backend : {"auto", "llamacpp", "openai", "deterministic"} or Backend
+    backend : {"auto", "llamacpp", "openai", "deterministic", "decisions", "systemone"} \
+or Backend
     model, base_url, api_key, endpoint, timeout, max_retries, max_concurrency, \
 backend_options
         As the parameters of :class:`~skllmprob.LogprobClassifier`.
@@ -90,6 +94,10 @@ backend_options
         local = model is None and base_url is None
         local = local or (model is not None and model.lower().endswith(".gguf"))
         kind = "llamacpp" if local else "openai"
+    if kind in DECISION_BACKENDS:
+        settings = {"base_url": base_url, "api_key": api_key, "timeout": float(timeout)}
+        settings.update(max_retries=int(max_retries), max_concurrency=int(max_concurrency))
+        return _decision_backend(kind, model, endpoint, {**settings, **options})
     if kind == "deterministic":
         from .deterministic import DeterministicBackend
 
@@ -117,6 +125,28 @@ backend_options
         max_concurrency=int(max_concurrency),
         **options,
     )
+
+
+def _decision_backend(kind: str, model, endpoint: str, settings: dict) -> Backend:
+    """A :mod:`~skllmprob.backends.decisions` backend (``settings`` include
+    ``backend_options``: ``question``, ``instructions``, ``path``, ...)."""
+    from .decisions import DecisionsBackend, SystemOneBackend
+
+    if model is None:
+        raise ConfigurationError(
+            f"backend={kind!r} needs a model name, e.g. model={DECISION_BACKENDS[kind]!r}."
+        )
+    if endpoint != "auto":
+        raise ConfigurationError(
+            f"endpoint={endpoint!r} is a setting of backend='openai'; backend={kind!r} "
+            "has one endpoint (for a gateway's System One path, give "
+            "backend='systemone', backend_options={'path': ...})."
+        )
+    cls = DecisionsBackend if kind == "decisions" else SystemOneBackend
+    try:
+        return cls(model, **settings)
+    except TypeError as e:
+        raise ConfigurationError(f"backend_options for backend={kind!r}: {e}") from e
 
 
 def _check_instance_settings(backend: Backend, *, model, base_url, **settings) -> None:

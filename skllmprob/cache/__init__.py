@@ -54,6 +54,7 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+from .._secrets import reveal
 from ..backends.base import Completion
 from .claims import ClaimSession, NullSession
 from .codec import DECODE_ERRORS as _DECODE_ERRORS  # noqa: F401 - used by tests/fault_tools.py
@@ -144,8 +145,13 @@ def open_cache(cache: bool | str | os.PathLike) -> CompletionCache | NullCache:
     >>> open_cache(False).info().path is None
     True
     """
+    cache = reveal(cache)  # a URL with a password arrives wrapped (SecretURL)
     if cache is False:
         return NullCache()
+    if isinstance(cache, str) and "://" in cache:  # a URL: PostgreSQL, or a clear error
+        from .postgres import open_url
+
+        return open_url(cache)
     path = default_cache_path() if cache is True else Path(cache).expanduser()
     key = str(path.resolve())
     found = _OPEN.get(key)

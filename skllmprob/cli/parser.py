@@ -174,7 +174,7 @@ def _model_options() -> argparse.ArgumentParser:
     g.add_argument(
         "--backend",
         default="auto",
-        choices=["auto", "llamacpp", "openai", "deterministic"],
+        choices=["auto", "llamacpp", "openai", "deterministic", "decisions", "systemone"],
         help="where log-probabilities come from (default: auto, from --model and "
         "--base-url); 'deterministic' is an offline stand-in for tests",
     )

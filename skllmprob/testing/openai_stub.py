@@ -43,6 +43,11 @@ Fault kinds (aliases in brackets):
 - ``"malformed"``: 200 with a body that is not JSON.
 - ``"no_logprobs"``: 200 with ``"logprobs": null``.
 - ``"empty"``: 200 with an empty answer (the model ended its turn at once).
+- ``"refusal"``: on ``/v1/decisions``, 200 with every answer ``{"type": "refusal"}``.
+
+``POST /v1/decisions`` (OpenAI's Decisions API) is served too, with the same faults
+and counters (the prompt is the request's ``input``); see
+:mod:`skllmprob.testing.decisions_stub`.
 
 It also runs as a separate process, which benchmarks use so that the server's CPU
 does not count as the client's::
@@ -72,6 +77,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from . import decisions_stub
+
 __all__ = ["FAULT_KINDS", "Fault", "OpenAIStub"]
 
 #: Fault kind -> HTTP status it answers with (0: no HTTP answer).
@@ -90,6 +97,7 @@ FAULT_KINDS = {
     "malformed": 200,
     "no_logprobs": 200,
     "empty": 200,
+    "refusal": 200,
 }
 _ALIASES = {
     "429": "rate_limit",
@@ -222,6 +230,12 @@ class OpenAIStub:
         deterministic backend's model.
     token_bytes : bool, default=True
         Send each chat token's UTF-8 ``bytes`` (``False``: ``"bytes": null``).
+    decision_models : tuple of str, default=("gpt-6-luna",)
+        The models ``/v1/decisions`` accepts (others get a 400 saying they are chat
+        models); the chat and completions endpoints refuse them with a 400.
+    decisions : callable, optional
+        ``decisions(text, values) -> weights``: the option weights of a
+        ``/v1/decisions`` answer (see :mod:`~skllmprob.testing.decisions_stub`).
     host, port : str, int
         Where to listen (port 0: a free port).
 
@@ -250,6 +264,8 @@ class OpenAIStub:
         api_key: str | None = None,
         distribution: Distribution | None = None,
         token_bytes: bool = True,
+        decision_models: Sequence[str] = decisions_stub.DECISION_MODELS,
+        decisions: Callable[[str, list], Sequence[float]] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -260,6 +276,8 @@ class OpenAIStub:
         self.api_key = api_key
         self.distribution = distribution or _default_distribution(seed)
         self.token_bytes = token_bytes
+        self.decision_models = tuple(decision_models)
+        self.decisions = decisions
         self.host = host
         self.port = port
         self.faults: list[Fault] = []
@@ -534,7 +552,9 @@ class _Handler(BaseHTTPRequestHandler):
             stub.reset()
             self._send(200, {"ok": True})
             return
-        if path.endswith("/chat/completions"):
+        if path.endswith("/v1/decisions"):
+            endpoint = "decisions"
+        elif path.endswith("/chat/completions"):
             endpoint = "chat"
         elif path.endswith("/completions"):
             endpoint = "completions"
@@ -564,7 +584,10 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self._send(400, _error_body("We could not parse the JSON body.", "invalid_request"))
             return 400
-        if endpoint == "chat":
+        if endpoint == "decisions":
+            prompt = text = decisions_stub.decision_text(body)
+            k = None
+        elif endpoint == "chat":
             messages = body.get("messages") or []
             contents = [m.get("content") for m in messages if isinstance(m, dict)]
             contents = [c for c in contents if isinstance(c, str)]
@@ -599,7 +622,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return status
         if stub.latency > 0 and stub._stopping.wait(stub.latency):
             return 0
-        payload = stub._answer(endpoint, body, text, k)
+        if endpoint == "decisions":
+            cached = self._decision_cached(stub, body)
+            payload = decisions_stub.decision_answer(stub, body, text, cached, refuse=False)
+        else:
+            payload = stub._answer(endpoint, body, text, k)
         self._send(200, payload)
         with stub._lock:
             stub.prompt_successes[prompt] += 1
@@ -624,6 +651,11 @@ class _Handler(BaseHTTPRequestHandler):
                 ),
             )
             return 404
+        problem = self._decision_problem(stub, body, endpoint)
+        if problem is not None:
+            status, message, param = problem
+            self._send(status, _error_body(message, "invalid_request_error", None, param))
+            return status
         if (
             endpoint == "chat"
             and body.get("top_logprobs") is not None
@@ -654,9 +686,34 @@ class _Handler(BaseHTTPRequestHandler):
             return 400
         return 0
 
+    @staticmethod
+    def _decision_problem(stub: OpenAIStub, body: dict, endpoint: str):
+        if endpoint == "decisions":
+            return decisions_stub.decision_problem(body, stub.decision_models)
+        message = decisions_stub.chat_problem(body, stub.decision_models)
+        return None if message is None else (400, message, "model")
+
+    @staticmethod
+    def _decision_cached(stub: OpenAIStub, body: dict) -> int:
+        key = body.get("prompt_cache_key")
+        if not isinstance(key, str):
+            return 0
+        with stub._lock:
+            seen = key in stub._seen_prefixes
+            stub._seen_prefixes.add(key)
+        return len(json.dumps(body.get("questions")).split()) if seen else 0
+
     def _fault(self, stub: OpenAIStub, fault: Fault, endpoint: str, body: dict, key, text):
         kind = fault.kind
         status = FAULT_KINDS[kind]
+        if endpoint == "decisions" and kind in ("refusal", "empty", "no_logprobs"):
+            payload = decisions_stub.decision_answer(stub, body, text, 0, refuse=True)
+            if kind != "refusal":
+                payload["answers"] = []
+            self._send(200, payload)
+            return 200
+        if kind == "refusal":
+            return None  # only the decisions endpoint refuses
         if kind == "hang":
             if stub._stopping.wait(fault.hang):
                 return 0

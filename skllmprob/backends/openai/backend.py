@@ -12,7 +12,7 @@ from ...exceptions import BackendUnavailableError, ConfigurationError
 from ..base import OnResult, Query, shared_resource
 from . import errors
 from .keys import key_for_requests
-from .runner import _Plan, run_requests
+from .runner import _Plan, pacing_fields, run_requests
 from .settings import _AZURE_HOSTS, OpenAISettings
 
 log = logging.getLogger("skllmprob.openai")
@@ -128,7 +128,6 @@ class OpenAIBackend(OpenAISettings):
         chat = self.resolved_endpoint() == "chat"
         fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
         base = (self.resolved_base_url(), fingerprint)
-        limited = self.requests_per_minute or self.tokens_per_minute
         return _Plan(
             path="/chat/completions" if chat else "/completions",
             chat=chat,
@@ -136,15 +135,7 @@ class OpenAIBackend(OpenAISettings):
             messages=messages,
             secret=secret,
             response_type=response_type,
-            semaphore_key=(*base, self.model, self.max_concurrency),
-            limiter_key=(
-                (*base, self.model, self.requests_per_minute, self.tokens_per_minute)
-                if limited
-                else None
-            ),
-            rpm=self.requests_per_minute,
-            tpm=self.tokens_per_minute,
-            max_concurrency=self.max_concurrency,
+            **pacing_fields(self, base),
             token_overhead=overhead,
             breaker=self._breaker(),
         )

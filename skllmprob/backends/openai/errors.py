@@ -306,6 +306,8 @@ def _hint(status: int, low: str, backend: OpenAIBackend, plan: _Plan) -> str:
             f"that the server has a {plan.path} endpoint (see endpoint=) and that base_url "
             "is the server's API root (usually ending in '/v1')."
         )
+    if "decisions model" in low:
+        return "Use backend='decisions' (or 'systemone') for a decision model."
     if "max_tokens" in low and "max_completion_tokens" in low:
         other = "max_tokens" if "max_completion_tokens" in plan.body else "max_completion_tokens"
         return f"Set backend_options={{'max_tokens_param': '{other}'}}."

@@ -12,7 +12,7 @@ import atexit
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,6 +120,23 @@ class _Plan:
     max_concurrency: int
     token_overhead: int
     breaker: int
+    #: ``request(client, prompt)`` sends one prompt and parses its answer, for
+    #: endpoints other than chat and completions (``None``: those two).
+    request: Callable[[Any, str], Awaitable[Completion]] | None = None
+
+
+def pacing_fields(settings: Any, base: tuple) -> dict[str, Any]:
+    """The concurrency and pacing fields of a :class:`_Plan` for ``settings`` (with
+    ``model``, ``max_concurrency``, ``requests_per_minute``, ``tokens_per_minute``);
+    ``base`` identifies the server and key the limits are shared by."""
+    rpm, tpm = settings.requests_per_minute, settings.tokens_per_minute
+    return {
+        "semaphore_key": (*base, settings.model, settings.max_concurrency),
+        "limiter_key": (*base, settings.model, rpm, tpm) if rpm or tpm else None,
+        "rpm": rpm,
+        "tpm": tpm,
+        "max_concurrency": settings.max_concurrency,
+    }
 
 
 #: Turns the exception of one request into a failure of it or a fatal error.
@@ -142,6 +159,7 @@ class _Call:
 
     def __init__(self, plan: _Plan, client: Any, prompts: list, classify: Classify) -> None:
         self.plan = plan
+        self.client = client
         self.post = client.post
         self.prompts = prompts
         self.classify = classify
@@ -204,19 +222,13 @@ class _Call:
             prompt = self.prompts[i]
             if limiter is not None:
                 await limiter.acquire(len(prompt) // 4 + plan.token_overhead)
-            body = self._body(prompt)
+            body = None if plan.request is not None else self._body(prompt)
             async with semaphore:
                 if self.fatal is not None or self.stopped:
                     self.unsent.append(i)
                     return
                 try:
-                    response = await self.post(
-                        plan.path,
-                        cast_to=plan.response_type,
-                        body=body,
-                        options={"security": {"bearer_auth": True}},
-                    )
-                    completion = self.parse(self.loads(response.content))
+                    completion = await self._send(prompt, body)
                 except asyncio.CancelledError:
                     raise
                 except BaseException as e:
@@ -225,6 +237,18 @@ class _Call:
             self.streak = 0
             self.ok += 1
             self.channel.put((i, completion))
+
+    async def _send(self, prompt: str, body: dict | None) -> Completion:
+        plan = self.plan
+        if plan.request is not None:
+            return await plan.request(self.client, prompt)
+        response = await self.post(
+            plan.path,
+            cast_to=plan.response_type,
+            body=body,
+            options={"security": {"bearer_auth": True}},
+        )
+        return self.parse(self.loads(response.content))
 
     def _failed(self, i: int, outcome: _Failure | _Fatal) -> None:
         if isinstance(outcome, _Fatal):
