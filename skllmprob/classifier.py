@@ -15,15 +15,22 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import calibration as _cal
 from ._engine import fetch_completions
+from ._fit_calibration import (
+    DOMAIN_CONTEXT,
+    calibration_chosen,
+    check_fit_rows,
+    content_free_items,
+    estimator_calibrator,
+)
 from ._secrets import SecretKey, SecretParam, SecretURL, SecretURLParam, reveal
-from ._validation import check_fit_input, check_sample_weight, check_X, set_features
+from ._validation import check_sample_weight, check_X, set_features
 from .backends.base import Backend
 from .backends.decisions.estimator import answer_descriptions, decision_call, warn_refusals
 from .backends.factory import ANSWER_SETTINGS, DECISION_BACKENDS, check_unchanged, make_backend
 from .cache import open_cache
-from .calibrators import CALIBRATORS, Calibrator, LabelMetric, make_calibrator
+from .calibrators import CALIBRATORS, Calibrator
 from .exceptions import ConfigurationError, ContextOverflowError
-from .labels import check_pos_label, example_answers, label_spec, sorted_classes
+from .labels import example_answers, label_spec, sorted_classes
 from .prompts import (
     DEFAULT_PROMPT,
     PromptRenderer,
@@ -39,7 +46,10 @@ __all__ = ["LogprobClassifier"]
 
 #: The names of the built-in calibration methods (see :mod:`skllmprob.calibrators`).
 CALIBRATIONS = tuple(CALIBRATORS)
-_LABELLED_CALIBRATIONS = tuple(n for n, c in CALIBRATORS.items() if c.needs_labels)
+# The methods that need training rows (labelled, or unlabelled for "batch").
+_LABELLED_CALIBRATIONS = tuple(
+    n for n, c in CALIBRATORS.items() if c.needs_labels or getattr(c, "learns_from_rows", False)
+)
 _N_OTHER_TOKENS = 20
 _DECISIONS = tuple(DECISION_BACKENDS)
 # The parameters make_backend takes.
@@ -89,8 +99,8 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
     examples : list of (text, label) pairs, default=None
         Few-shot examples, rendered with the row part of the template and their
         answer, before the text. ``text`` is a str or a mapping of column values.
-    calibration : {"none", "bias", "affine", "threshold", "contextual", "contextual-bias"}, \
-            default="none"
+    calibration : {"none", "bias", "affine", "threshold", "contextual", "contextual-bias", \
+            "vector", "batch", "auto"}, default="none"
         How ``fit`` corrects the model's label bias:
 
         - ``"none"``: renormalized label probabilities.
@@ -105,23 +115,40 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
           (``threshold_``). ``predict_proba`` is unchanged (renormalized), only
           ``predict`` uses the threshold. For several classes use ``"bias"``, which
           shifts every class's decision boundary; ``"threshold"`` raises there.
+          ``calibration_base`` names a probability calibration to tune the
+          threshold on instead (``predict_proba`` then returns its probabilities).
         - ``"contextual"``: no labels needed; offsets that make the content-free
           inputs (``content_free``) come out uniform on average. Labels passed to
           ``fit`` are not used (only their classes).
         - ``"contextual-bias"``: the contextual offsets, then corrected from the
           labelled samples: like ``"bias"``, with the penalty pulling towards the
           contextual offsets instead of zero.
+        - ``"vector"``: offsets and one temperature per class (vector scaling;
+          ``temperature_`` is their geometric mean).
+        - ``"batch"``: no labels needed; offsets from the rows given to ``fit``
+          (``fit(X, None)`` with ``labels``, or labelled rows whose labels are not
+          used): minus the mean of their class log-probabilities (batch
+          calibration, Zhou et al., 2024). Predictions are per row, as always.
+        - ``"auto"``: chooses among ``"none"``, ``"bias"``, ``"affine"`` and
+          ``"vector"`` and a log-scale grid of penalties by stratified K-fold
+          cross-validation on the labelled samples (held-out log-loss, or
+          ``scoring``), then refits the winner on all of them; the cached
+          completions serve every fit, so it costs no extra request. See
+          ``calibration_chosen_`` and ``calibration_cv_results_``.
 
         The calibrated probabilities are ``softmax(log p / temperature_ + bias_)``
         with ``log p`` the model's renormalized label log-probabilities; see
         :mod:`skllmprob.calibration` for the maths.
-    scoring : str or callable, default="accuracy"
-        The metric ``calibration="threshold"`` maximizes: ``"accuracy"``,
+    scoring : str, callable or None, default=None
+        The metric ``calibration="threshold"`` maximizes (``None``:
+        ``"accuracy"``) and ``calibration="auto"`` selects by (``None``: the
+        held-out log-loss): ``"accuracy"``,
         ``"balanced_accuracy"``, ``"f1"``, ``"precision"``, ``"recall"``,
         ``"matthews_corrcoef"`` (``pos_label`` is the positive class), or a callable
         ``metric(y_true, y_pred)`` on class labels (e.g.
         ``functools.partial(fbeta_score, beta=2, pos_label="spam")``), called with
-        ``sample_weight=`` when ``fit`` gets sample weights.
+        ``sample_weight=`` when ``fit`` gets sample weights. For ``"auto"`` a name
+        is a scikit-learn scorer name (``"f1"`` and the like need labels 0/1).
     pos_label : label, default=None
         The positive class of ``calibration="threshold"``: the threshold applies to
         its probability. ``None``: ``classes_[1]``, the greater label (as in
@@ -133,10 +160,23 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         number of samples, so it steadies fits on 8 to 16 samples and fades with
         more. Raise it when the model is known to be nearly unbiased, lower it when
         its bias is large.
-    content_free : tuple of str or dict, default=("N/A", "", "[MASK]")
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes in every labelled calibration fit, as in
+        :class:`~sklearn.linear_model.LogisticRegression`: a dict maps labels to
+        weights (absent classes weigh 1); ``"balanced"`` weighs each class by the
+        inverse of its (weighted) frequency. Multiplies ``sample_weight``.
+    calibration_base : str or None, default=None
+        With ``calibration="threshold"`` only: the probability calibration
+        (``"bias"``, ``"affine"``, ``"vector"``, ...) fitted first, whose
+        probabilities the threshold is tuned on; ``None``: the renormalized
+        probabilities.
+    content_free : tuple of str or dict, or "domain-context", default=("N/A", "", "[MASK]")
         Content-free inputs for ``"contextual"`` and ``"contextual-bias"``. A str
         fills every field of the prompt (the text, or every column); a dict gives
         the value of each field. Their prompts go through the cache like any other.
+        ``"domain-context"``: 20 texts of random words drawn from the texts given
+        to ``fit`` (as long as they are on average; Fei et al., 2023), instead of
+        fixed inputs; needs ``X`` in ``fit``.
     backend : {"auto", "llamacpp", "openai", "deterministic", "decisions", \
 "systemone"} or Backend, default="auto"
         Where log-probabilities come from. ``"auto"``: the local llama.cpp backend
@@ -213,6 +253,14 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         ``pos_label_``, else ``None``.
     pos_label_ : label or None
         The positive class of ``"threshold"``, else ``None``.
+    calibration_chosen_ : dict
+        ``{"method": ..., "alpha": ...}``: the method ``"auto"`` chose and its
+        penalty, else ``calibration`` and ``calibration_alpha`` (``None`` for
+        methods without a penalty).
+    calibration_cv_results_ : dict of arrays
+        ``"auto"`` only: the cross-validation table (``params``,
+        ``mean_test_score``, ``std_test_score``, ``rank_test_score``, one
+        ``split{j}_test_score`` per fold), as in scikit-learn's searches.
     coverage_ : float
         Mean label coverage over the samples seen by ``fit`` (NaN for zero-shot).
     other_tokens_ : dict of str to float
@@ -259,10 +307,12 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         "prompt": [str, None],
         "examples": [list, tuple, None],
         "calibration": [str],  # a name of CALIBRATORS, checked in fit
-        "scoring": [StrOptions(set(_cal.THRESHOLD_METRICS)), callable],
+        "scoring": [StrOptions(set(_cal.THRESHOLD_METRICS)), callable, None],
         "pos_label": [numbers.Real, str, "boolean", None],
         "calibration_alpha": [Interval(numbers.Real, 0, None, closed="left")],
-        "content_free": [list, tuple],
+        "class_weight": [dict, StrOptions({"balanced"}), None],
+        "calibration_base": [str, None],
+        "content_free": [list, tuple, StrOptions({DOMAIN_CONTEXT})],
         "backend": [
             StrOptions({"auto", "llamacpp", "openai", "deterministic", *_DECISIONS}),
             Backend,
@@ -289,9 +339,11 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         prompt=None,
         examples=None,
         calibration="none",
-        scoring="accuracy",
+        scoring=None,
         pos_label=None,
         calibration_alpha=_cal.DEFAULT_ALPHA,
+        class_weight=None,
+        calibration_base=None,
         content_free=("N/A", "", "[MASK]"),
         backend="auto",
         base_url=None,
@@ -315,6 +367,8 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         self.scoring = scoring
         self.pos_label = pos_label
         self.calibration_alpha = calibration_alpha
+        self.class_weight = class_weight
+        self.calibration_base = calibration_base
         self.content_free = content_free
         self.backend = backend
         self.base_url = base_url
@@ -399,7 +453,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
                 "The 'calibration' parameter of LogprobClassifier must be one of "
                 f"{list(CALIBRATORS)}; got {self.calibration!r}."
             )
-        zero_shot, table, y_arr = check_fit_input(X, y, labels_given=self.labels is not None)
+        zero_shot, table, y_arr = check_fit_rows(self, X, y)
         order, words = label_spec(self.labels, y_arr)
         self.classes_ = sorted_classes(order)
 
@@ -414,12 +468,13 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         self.prompt_renderer_ = self._build_renderer(order, words)
         self.usage_ = UsageTracker()
 
-        calibrator = self._make_calibrator(labelled=not zero_shot)
+        labelled = len(y_arr) > 0
+        calibrator = self._make_calibrator(labelled=labelled)
         self.coverage_ = float("nan")
         self.other_tokens_ = {}
         log_mass, y_idx, sw = None, None, None
         if not zero_shot:
-            sw = check_sample_weight(sample_weight, len(y_arr))
+            sw = check_sample_weight(sample_weight, len(y_arr)) if labelled else None
             prompts = render_table(self.prompt_renderer_, table)
             log_mass, floored, completions, _ = self._score_prompts(prompts, backend)
             self.coverage_ = float(coverage(log_mass, floored).mean())
@@ -428,9 +483,9 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
                 t: m / len(completions) for t, m in other.most_common(_N_OTHER_TOKENS)
             }
             index = {c: i for i, c in enumerate(self.classes_)}
-            y_idx = np.array([index[v] for v in y_arr], dtype=int)
+            y_idx = np.array([index[v] for v in y_arr], dtype=int) if labelled else None
         if calibrator.needs_content_free:
-            calibrator.set_params(content_free_log_mass=self._content_free_log_mass())
+            calibrator.set_params(content_free_log_mass=self._content_free_log_mass(table))
         self.calibrator_ = calibrator.fit(log_mass, y_idx, sw)
         return self
 
@@ -447,21 +502,13 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
 
     def _make_calibrator(self, *, labelled: bool) -> Calibrator:
         """The unfitted calibrator of ``calibration``, checked for the task."""
-        name = self.calibration
-        cls = CALIBRATORS[name]
-        cls.check_task(len(self.classes_), labelled=labelled)
-        pos_label = check_pos_label(self.pos_label, self.classes_)
-        wanted = set(cls.setting_names())
-        settings = {"classes": self.classes_, "alpha": float(self.calibration_alpha)}
-        if "pos_index" in wanted:
-            pos = int(np.flatnonzero(self.classes_ == pos_label)[0])
-            settings["pos_index"] = pos
-            settings["metric"] = LabelMetric.for_classes(self.scoring, self.classes_, pos)
-        return make_calibrator(name, **{k: v for k, v in settings.items() if k in wanted})
+        return estimator_calibrator(self, labelled=labelled)
 
-    def _content_free_log_mass(self) -> np.ndarray:
-        """Score the content-free inputs (through the cache)."""
-        prompts = content_free_prompts(self.prompt_renderer_, self.content_free)
+    def _content_free_log_mass(self, table=None) -> np.ndarray:
+        """Score the content-free inputs (through the cache); ``table``: the fit
+        rows, for ``content_free="domain-context"``."""
+        items = content_free_items(self.content_free, table)
+        prompts = content_free_prompts(self.prompt_renderer_, items)
         return self._score_prompts(prompts, self.backend_)[0]
 
     # ------------------------------------------------- views of the calibrator
@@ -480,6 +527,21 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
     def threshold_(self) -> float | None:
         """The decision threshold of ``calibrator_`` (read-only)."""
         return self.calibrator_.threshold_
+
+    @property
+    def calibration_chosen_(self) -> dict:
+        """The calibration method in use and its penalty (``"auto"``: its choice)."""
+        return calibration_chosen(self.calibrator_)
+
+    @property
+    def calibration_cv_results_(self) -> dict:
+        """The cross-validation table of ``calibration="auto"``."""
+        results = getattr(self.calibrator_, "cv_results_", None)
+        if results is None:
+            raise AttributeError(
+                "calibration_cv_results_ exists only after fit with calibration='auto'."
+            )
+        return results
 
     @property
     def pos_label_(self):

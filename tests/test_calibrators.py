@@ -83,8 +83,14 @@ def test_registry_holds_one_class_per_method_in_order():
     assert needs_labels == {"bias", "affine", "threshold", "contextual-bias"}
     needs_cf = {n for n in METHODS if CALIBRATORS[n].needs_content_free}
     assert needs_cf == {"contextual", "contextual-bias"}
-    assert CALIBRATORS["affine"].setting_names() == ("alpha", "classes")
-    assert set(CALIBRATORS["threshold"].setting_names()) == {"classes", "metric", "pos_index"}
+    assert CALIBRATORS["affine"].setting_names() == ("alpha", "class_weight", "classes")
+    assert set(CALIBRATORS["threshold"].setting_names()) == {
+        "base",
+        "class_weight",
+        "classes",
+        "metric",
+        "pos_index",
+    }
 
 
 def test_make_calibrator_rejects_unknown_names_and_unused_settings():
@@ -100,6 +106,7 @@ def test_make_calibrator_rejects_unknown_names_and_unused_settings():
     made = make_calibrator("contextual-bias", alpha=2.0, classes=["a", "b"])
     assert made.get_params() == {
         "alpha": 2.0,
+        "class_weight": None,
         "classes": ["a", "b"],
         "content_free_log_mass": None,
     }

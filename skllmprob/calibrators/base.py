@@ -1,24 +1,4 @@
-"""Calibration methods as small fitted objects: one class per ``calibration=`` name.
-
-A calibrator learns from the class *log-masses* of samples (see
-:mod:`skllmprob.scoring`), and from their labels if it ``needs_labels``, the
-probabilities ``apply_offsets(log_mass, bias_, temperature_)`` and for
-``"threshold"`` a decision threshold ``threshold_``; the maths stays in
-:mod:`skllmprob.calibration`. :data:`CALIBRATORS` maps names to classes and
-:func:`make_calibrator` builds one by name. A new method is one subclass of
-:class:`Calibrator` decorated with :func:`register_calibrator`.
-
-Labels are class *indices* into the columns of the log-masses. Without labels
-(zero-shot) ``fit`` gets ``y=None`` (or an empty ``y``), and ``log_mass`` may be
-``None`` when ``classes`` or ``content_free_log_mass`` tells the number of
-classes: ``"none"`` and ``"contextual"`` work so, the others raise.
-
->>> import numpy as np
->>> log_mass = np.log([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.3, 0.7]])
->>> cal = make_calibrator("bias", alpha=0.3).fit(log_mass, np.array([0, 1, 1, 1]))
->>> cal.bias_.round(3), cal.temperature_, cal.threshold_, cal.predict(log_mass)
-(array([-0.763,  0.763]), 1.0, None, array([0, 1, 1, 1]))
-"""
+"""The base class of the calibrators, the registry and :func:`make_calibrator`."""
 
 from __future__ import annotations
 
@@ -26,38 +6,34 @@ import inspect
 import os
 import sys
 import warnings
-from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from . import calibration as _cal
-from ._validation import check_sample_weight
-from .exceptions import ConfigurationError, InputError
+from .. import calibration as _cal
+from .. import calibration_ext as _ext
+from .._validation import check_sample_weight
+from ..exceptions import ConfigurationError, InputError
 
 __all__ = [
     "CALIBRATORS",
-    "AffineCalibrator",
-    "BiasCalibrator",
     "Calibrator",
-    "ContextualBiasCalibrator",
-    "ContextualCalibrator",
-    "LabelMetric",
-    "NoCalibrator",
-    "ThresholdCalibrator",
+    "as_2d",
     "make_calibrator",
+    "outside_stacklevel",
     "register_calibrator",
 ]
 
 #: The calibration methods by name, in the order they were registered.
 CALIBRATORS: dict[str, type[Calibrator]] = {}
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+#: skllmprob/ (warnings point at the first frame outside it).
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
-def _outside_stacklevel() -> int:
+def outside_stacklevel() -> int:
     """The ``stacklevel`` that points a warning of the calling function at the
     first caller outside skllmprob."""
     frame, level = sys._getframe(1), 1
@@ -66,7 +42,7 @@ def _outside_stacklevel() -> int:
     return level
 
 
-def _as_2d(a, name: str) -> np.ndarray:
+def as_2d(a, name: str) -> np.ndarray:
     a = np.asarray(a, dtype=float)
     if a.ndim != 2:
         raise InputError(
@@ -163,6 +139,8 @@ class Calibrator(BaseEstimator):
         self.check_task(k, labelled=y is not None)
         self.bias_, self.temperature_, self.threshold_ = np.zeros(k), 1.0, None
         self.n_classes_ = k
+        if y is not None and getattr(self, "class_weight", None) is not None:
+            sample_weight = self._class_weighted(y, sample_weight)
         self._fit(log_mass, y, sample_weight)
         return self
 
@@ -173,13 +151,35 @@ class Calibrator(BaseEstimator):
         """Calibrated probabilities ``apply_offsets(log_mass, bias_, temperature_)``
         (n_samples, n_classes) of ``log_mass`` (n_samples, n_classes)."""
         check_is_fitted(self)
-        log_mass = _as_2d(log_mass, "log_mass")
+        log_mass = as_2d(log_mass, "log_mass")
         if log_mass.shape[1] != self.n_classes_:
             raise InputError(
                 f"log_mass has {log_mass.shape[1]} columns but the calibrator was fitted "
                 f"on {self.n_classes_} classes."
             )
+        return self._proba(log_mass)
+
+    def _proba(self, log_mass: np.ndarray) -> np.ndarray:
+        """The probabilities of checked ``log_mass``."""
         return _cal.apply_offsets(log_mass, self.bias_, self.temperature_)
+
+    def _class_weighted(self, y: np.ndarray, sample_weight) -> np.ndarray:
+        """``sample_weight`` times the weights of ``class_weight`` (keyed by the
+        class labels when ``classes`` is set, else by class indices)."""
+        cw = self.class_weight
+        if isinstance(cw, dict) and self.classes is not None:
+            names = list(np.asarray(self.classes, dtype=object))
+            unknown = [c for c in cw if c not in names]
+            if unknown:
+                raise ConfigurationError(
+                    f"class_weight has keys {unknown} that are not classes; the classes "
+                    f"are {names}."
+                )
+            cw = {names.index(c): v for c, v in cw.items()}
+        try:
+            return _ext.class_sample_weight(y, cw, self.n_classes_, sample_weight)
+        except ValueError as e:
+            raise ConfigurationError(f"calibration={self.name!r}: {e}") from e
 
     def predict(self, log_mass):
         """The decided class index of each row of ``log_mass``: the most probable."""
@@ -193,7 +193,7 @@ class Calibrator(BaseEstimator):
             if y is not None and len(y):
                 raise InputError("y is given but log_mass is None; pass both.")
             log_mass = np.zeros((0, self._implied_n_classes()))
-        log_mass = _as_2d(log_mass, "log_mass")
+        log_mass = as_2d(log_mass, "log_mass")
         (n, k), names = log_mass.shape, self.classes
         if names is not None and len(names) != k:
             raise InputError(f"log_mass has {k} columns but there are {len(names)} classes.")
@@ -209,7 +209,7 @@ class Calibrator(BaseEstimator):
     def _implied_n_classes(self) -> int:
         content_free = getattr(self, "content_free_log_mass", None)
         if content_free is not None:
-            return _as_2d(content_free, "content_free_log_mass").shape[1]
+            return as_2d(content_free, "content_free_log_mass").shape[1]
         if self.classes is not None:
             return len(self.classes)
         raise InputError(
@@ -230,7 +230,7 @@ class Calibrator(BaseEstimator):
             f"sample (of positive weight), so {self._missing_effect}. Add samples of "
             "every class to calibrate them.",
             UserWarning,
-            stacklevel=_outside_stacklevel(),
+            stacklevel=outside_stacklevel(),
         )
 
 
@@ -275,7 +275,8 @@ def make_calibrator(name: str, **settings) -> Calibrator:
     Traceback (most recent call last):
     ...
     skllmprob.exceptions.ConfigurationError: calibration='threshold' does not use the \
-settings ['alpha']; it takes ['classes', 'metric', 'pos_index'].
+settings ['alpha']; it takes ['base', 'class_weight', 'classes', 'metric', \
+'pos_index'].
     """
     cls = CALIBRATORS.get(name) if isinstance(name, str) else None
     if cls is None:
@@ -290,200 +291,3 @@ settings ['alpha']; it takes ['classes', 'metric', 'pos_index'].
             f"{list(cls.setting_names())}."
         )
     return cls(**settings)
-
-
-def _content_free_offsets(calibrator: Calibrator) -> np.ndarray:
-    """:func:`~skllmprob.calibration.contextual_offsets` of the content-free inputs."""
-    if calibrator.content_free_log_mass is None:
-        raise ConfigurationError(
-            f"calibration={calibrator.name!r} needs the log-masses of content-free "
-            "inputs; pass content_free_log_mass= of shape (n_inputs, n_classes)."
-        )
-    content_free = _as_2d(calibrator.content_free_log_mass, "content_free_log_mass")
-    if content_free.shape[1] != calibrator.n_classes_:
-        raise InputError(
-            f"content_free_log_mass has {content_free.shape[1]} columns but log_mass has "
-            f"{calibrator.n_classes_}."
-        )
-    return _cal.contextual_offsets(content_free)
-
-
-# ------------------------------------------------------------------------ methods
-# Settings: ``alpha`` (float, default 0.3), the L2 penalty of
-# :func:`~skllmprob.calibration.fit_offsets` in units of one sample's log-loss;
-# ``content_free_log_mass`` (array (n_inputs, n_classes)), the class log-masses of
-# the content-free inputs ("N/A", ...); ``classes``, as in :class:`Calibrator`.
-
-
-@register_calibrator
-class NoCalibrator(Calibrator):
-    """``"none"``: the renormalized label probabilities; labels are not used."""
-
-    name = "none"
-
-
-@register_calibrator
-class BiasCalibrator(Calibrator):
-    """``"bias"``: per-class offsets minimizing the L2-penalized log-loss
-    (:func:`~skllmprob.calibration.fit_offsets`); settings ``alpha``, ``classes``."""
-
-    name = "bias"
-    needs_labels = True
-    _fit_temperature: ClassVar[bool] = False
-
-    def __init__(self, *, alpha=_cal.DEFAULT_ALPHA, classes=None):
-        self.alpha = alpha
-        self.classes = classes
-
-    def _prior(self) -> np.ndarray | None:
-        """The offsets the penalty pulls towards (``None``: zeros)."""
-        return None
-
-    def _fit(self, log_mass, y, sample_weight) -> None:
-        prior = self._prior()
-        self._warn_missing_classes(y, sample_weight)
-        self.bias_, self.temperature_ = _cal.fit_offsets(
-            log_mass,
-            y,
-            alpha=float(self.alpha),
-            fit_temperature=self._fit_temperature,
-            sample_weight=sample_weight,
-            prior=prior,
-        )
-
-
-@register_calibrator
-class AffineCalibrator(BiasCalibrator):
-    """``"affine"``: offsets and a shared temperature (penalized by ``3 * alpha``);
-    settings ``alpha``, ``classes``."""
-
-    name = "affine"
-    _fit_temperature = True
-
-
-class LabelMetric:
-    """``metric(y_true, y_pred, **kwargs)`` on class labels, called with the booleans
-    of the threshold fit (``True``: ``positive``). Unlike a closure, it pickles
-    whenever ``metric`` does.
-
-    Examples
-    --------
-    >>> from sklearn.metrics import recall_score
-    >>> m = LabelMetric.for_classes(recall_score, np.array(["ham", "spam"]), 1)
-    >>> m(np.array([True, True]), np.array([True, False]), pos_label="spam")
-    0.5
-    """
-
-    def __init__(self, metric: Callable, positive, negative) -> None:
-        self.metric, self.positive, self.negative = metric, positive, negative
-
-    @classmethod
-    def for_classes(cls, metric, classes, pos_index: int):
-        """``metric`` itself if it is a name, else its wrapper for ``classes``."""
-        if isinstance(metric, str):
-            return metric
-        return cls(metric, classes[pos_index], classes[1 - pos_index])
-
-    def __call__(self, y_true, y_pred, **kwargs):
-        yes, no = self.positive, self.negative
-        return self.metric(np.where(y_true, yes, no), np.where(y_pred, yes, no), **kwargs)
-
-    def __repr__(self) -> str:
-        return f"LabelMetric({self.metric!r}, {self.positive!r}, {self.negative!r})"
-
-
-@register_calibrator
-class ThresholdCalibrator(Calibrator):
-    """``"threshold"``: binary only; a tuned threshold on one class's probability.
-
-    The probabilities stay the renormalized ones; :meth:`predict` decides
-    ``pos_index`` where its probability is at least ``threshold_`` (see
-    :func:`~skllmprob.calibration.fit_threshold`). With one class alone among the
-    labelled samples the threshold stays at 0.5, with a warning.
-
-    Parameters
-    ----------
-    pos_index : {0, 1}, default=1
-        The column of the positive class.
-    metric : str or callable, default="accuracy"
-        A name in :data:`~skllmprob.calibration.THRESHOLD_METRICS` or
-        ``metric(y_true, y_pred)`` on booleans (see :class:`LabelMetric`).
-    classes : array-like of shape (2,), optional
-    """
-
-    name = "threshold"
-    needs_labels = True
-    _missing_effect = "the threshold stays at 0.5"
-
-    def __init__(self, *, pos_index=1, metric="accuracy", classes=None):
-        self.pos_index = pos_index
-        self.metric = metric
-        self.classes = classes
-
-    @classmethod
-    def check_task(cls, n_classes: int, *, labelled: bool) -> None:
-        if n_classes != 2:
-            raise ConfigurationError(
-                f"calibration='threshold' tunes a binary decision, but there are "
-                f"{n_classes} classes; use calibration='bias' or 'affine' for "
-                "several classes."
-            )
-        super().check_task(n_classes, labelled=labelled)
-
-    def _fit(self, log_mass, y, sample_weight) -> None:
-        if isinstance(self.pos_index, bool) or self.pos_index not in (0, 1):
-            raise ConfigurationError(f"pos_index must be 0 or 1, got {self.pos_index!r}.")
-        pos = int(self.pos_index)
-        self._warn_missing_classes(y, sample_weight)
-        p_pos = _cal.apply_offsets(log_mass, self.bias_)[:, pos]
-        is_pos = y == pos
-        w = np.ones(len(y)) if sample_weight is None else sample_weight
-        if not (w[is_pos].sum() > 0 and w[~is_pos].sum() > 0):
-            self.threshold_ = 0.5
-            return
-        self.threshold_ = _cal.fit_threshold(
-            p_pos, is_pos, self.metric, sample_weight=sample_weight
-        )
-
-    def predict(self, log_mass):
-        """``pos_index`` where its probability is at least ``threshold_``, else the
-        other class index."""
-        check_is_fitted(self)
-        pos = int(self.pos_index)
-        return np.where(self.predict_proba(log_mass)[:, pos] >= self.threshold_, pos, 1 - pos)
-
-
-@register_calibrator
-class ContextualCalibrator(Calibrator):
-    """``"contextual"``: offsets that make the content-free inputs come out uniform
-    (:func:`~skllmprob.calibration.contextual_offsets`); labels are not used.
-    Settings ``content_free_log_mass``, ``classes``."""
-
-    name = "contextual"
-    needs_content_free = True
-
-    def __init__(self, *, content_free_log_mass=None, classes=None):
-        self.content_free_log_mass = content_free_log_mass
-        self.classes = classes
-
-    def _fit(self, log_mass, y, sample_weight) -> None:
-        self.bias_ = _content_free_offsets(self)
-
-
-@register_calibrator
-class ContextualBiasCalibrator(BiasCalibrator):
-    """``"contextual-bias"``: ``"bias"`` with the penalty pulling towards the
-    contextual offsets instead of zero; settings ``alpha``,
-    ``content_free_log_mass``, ``classes``."""
-
-    name = "contextual-bias"
-    needs_content_free = True
-    _missing_effect = "their offsets keep the contextual estimate (no correction)"
-
-    def __init__(self, *, alpha=_cal.DEFAULT_ALPHA, content_free_log_mass=None, classes=None):
-        self.alpha = alpha
-        self.content_free_log_mass = content_free_log_mass
-        self.classes = classes
-
-    def _prior(self) -> np.ndarray:
-        return _content_free_offsets(self)

@@ -1,0 +1,255 @@
+"""``"auto"``: the calibration method and its penalty chosen by cross-validation."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy.stats import rankdata
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.metrics import get_scorer
+from sklearn.model_selection import StratifiedKFold
+
+from .. import calibration as _cal
+from ..exceptions import ConfigurationError
+from .base import CALIBRATORS, Calibrator, make_calibrator, outside_stacklevel, register_calibrator
+from .extra import VectorCalibrator  # noqa: F401  (registers "vector")
+
+__all__ = ["DEFAULT_ALPHAS", "DEFAULT_METHODS", "AutoCalibrator"]
+
+#: The methods ``"auto"`` chooses among by default.
+DEFAULT_METHODS = ("none", "bias", "affine", "vector")
+#: The penalties tried for each method that takes ``alpha``: a log scale.
+DEFAULT_ALPHAS = tuple(float(a) for a in 10.0 ** np.linspace(-3, 1, 9))
+_NOT_CHOOSABLE = ("threshold", "auto")  # a decision rule; itself
+
+
+class _Scored(ClassifierMixin, BaseEstimator):
+    """A fitted calibrator as a classifier of log-masses with ``classes_``, so that
+    scikit-learn scorers (``scorer(estimator, X, y)``) can score it."""
+
+    def __init__(self, calibrator=None, classes=None):
+        self.calibrator = calibrator
+        self.classes = classes
+
+    @property
+    def classes_(self) -> np.ndarray:
+        return self.classes
+
+    def predict_proba(self, X):
+        return self.calibrator.predict_proba(X)
+
+    def predict(self, X):
+        return self.classes[self.calibrator.predict(X)]
+
+
+@register_calibrator
+class AutoCalibrator(Calibrator):
+    """``"auto"``: chooses the method and its penalty by stratified K-fold
+    cross-validation on the labelled samples, then refits the winner on all.
+
+    The candidates are ``"none"`` and each method of ``methods`` with each
+    penalty of ``alphas`` (strongest first). Every candidate is fitted on K-1
+    folds and scored on the held-out fold: by the mean log-loss (weighted by the
+    sample and class weights) unless ``scoring`` says otherwise. The best mean
+    score wins (ties: the earlier candidate). Samples of zero weight take no
+    part in the folds.
+
+    With few labelled samples the number of folds drops to the number of
+    samples of the rarest class (present classes only); when that is below 2
+    (or only one class is labelled), there is no cross-validation: ``"bias"``
+    with the default penalty is fitted, with a warning, and ``cv_results_``
+    has that single row with NaN scores.
+
+    Parameters
+    ----------
+    methods : sequence of str, default=("none", "bias", "affine", "vector")
+        Registered methods that learn from labels alone (not ``"threshold"``,
+        not the contextual ones), or ``"none"``.
+    alphas : sequence of float, optional
+        The penalties tried; ``DEFAULT_ALPHAS`` (``10 ** linspace(-3, 1, 9)``)
+        by default.
+    cv : int, default=5
+        The number of folds (at most).
+    scoring : None, str or callable, default=None
+        ``None``: minus the held-out log-loss. A str: a scikit-learn scorer
+        name (``"accuracy"``, ``"f1_macro"``, ``"neg_brier_score"``...). A
+        callable: a scikit-learn scorer ``scoring(estimator, log_mass, y)``
+        (e.g. from :func:`~sklearn.metrics.make_scorer`), where ``estimator``
+        has ``classes_`` (``classes``, or the class indices), ``predict`` and
+        ``predict_proba`` and ``y`` holds class labels. Scorers get
+        ``sample_weight=`` when there are sample or class weights.
+    class_weight : None, "balanced" or dict, default=None
+    random_state : int, default=0
+        Seeds the shuffling of the folds.
+    classes : array-like of shape (n_classes,), optional
+
+    Attributes
+    ----------
+    chosen_ : dict
+        ``{"method": name, "alpha": float or None}`` of the winner.
+    best_calibrator_ : Calibrator
+        The winner, refitted on all samples; it makes the probabilities.
+    cv_results_ : dict of arrays
+        As scikit-learn's search estimators: ``params``, ``param_method``,
+        ``param_alpha`` (NaN for methods without one), ``split{j}_test_score``,
+        ``mean_test_score``, ``std_test_score``, ``rank_test_score``.
+    n_splits_ : int
+        The number of folds used (0: no cross-validation).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> z = rng.normal(0, 1, size=(200, 2))
+    >>> y = (rng.random(200) < 1 / (1 + np.exp(3 * (z[:, 0] - z[:, 1])))).astype(int)
+    >>> cal = AutoCalibrator().fit(z, y)          # the model is under-confident
+    >>> cal.chosen_["method"] in ("affine", "vector"), cal.temperature_ < 0.5
+    (True, True)
+    """
+
+    name = "auto"
+    needs_labels = True
+
+    def __init__(
+        self,
+        *,
+        methods=DEFAULT_METHODS,
+        alphas=None,
+        cv=5,
+        scoring=None,
+        class_weight=None,
+        random_state=0,
+        classes=None,
+    ):
+        self.methods = methods
+        self.alphas = alphas
+        self.cv = cv
+        self.scoring = scoring
+        self.class_weight = class_weight
+        self.random_state = random_state
+        self.classes = classes
+
+    def _candidates(self) -> list[tuple[str, float | None]]:
+        alphas = DEFAULT_ALPHAS if self.alphas is None else self.alphas
+        alphas = np.asarray(alphas, dtype=float)
+        if alphas.ndim != 1 or not len(alphas) or not (np.isfinite(alphas) & (alphas >= 0)).all():
+            raise ConfigurationError(
+                "alphas must be a non-empty sequence of non-negative numbers, got "
+                f"{self.alphas!r}."
+            )
+        methods = [self.methods] if isinstance(self.methods, str) else list(self.methods)
+        out: list[tuple[str, float | None]] = []
+        for name in methods:
+            cls = CALIBRATORS.get(name) if isinstance(name, str) else None
+            if cls is None or name in _NOT_CHOOSABLE or cls.needs_content_free:
+                raise ConfigurationError(
+                    f"calibration='auto' cannot choose {name!r}; methods must be names of "
+                    "methods that learn from labels alone or 'none', e.g. "
+                    f"{list(DEFAULT_METHODS)}."
+                )
+            if "alpha" in cls.setting_names():
+                out += [(name, float(a)) for a in sorted(alphas, reverse=True)]
+            else:
+                out.append((name, None))
+        if not out:
+            raise ConfigurationError("calibration='auto' needs at least one method.")
+        return out
+
+    def _make(self, candidate: tuple[str, float | None]) -> Calibrator:
+        name, alpha = candidate
+        settings = {} if alpha is None else {"alpha": alpha}
+        return make_calibrator(name, classes=self.classes, **settings)
+
+    def _fit(self, log_mass, y, sample_weight) -> None:
+        candidates = self._candidates()
+        if isinstance(self.cv, bool) or not isinstance(self.cv, int | np.integer) or self.cv < 2:
+            raise ConfigurationError(f"cv must be an integer >= 2, got {self.cv!r}.")
+        self._warn_missing_classes(y, sample_weight)
+        w = np.ones(len(y)) if sample_weight is None else sample_weight
+        keep = w > 0
+        counts = np.bincount(y[keep], minlength=self.n_classes_)
+        present = counts[counts > 0]
+        self.n_splits_ = int(min(self.cv, present.min())) if len(present) >= 2 else 0
+        if self.n_splits_ < 2:
+            self.n_splits_, winner = 0, ("bias", _cal.DEFAULT_ALPHA)
+            self.cv_results_ = _results([winner], np.full((1, 0), np.nan))
+            warnings.warn(
+                "calibration='auto': the labelled samples are too few for "
+                "cross-validation (a class has fewer than 2, or one class alone); fitted "
+                f"calibration='bias' with alpha={_cal.DEFAULT_ALPHA} instead.",
+                UserWarning,
+                stacklevel=outside_stacklevel(),
+            )
+        else:
+            weighted = sample_weight is not None
+            scores = self._cross_validate(candidates, log_mass[keep], y[keep], w[keep], weighted)
+            self.cv_results_ = _results(candidates, scores)
+            winner = candidates[int(np.argmax(self.cv_results_["mean_test_score"]))]
+        best = self._make(winner)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # said above, as 'auto'
+            self.best_calibrator_ = best.fit(log_mass, y, sample_weight)
+        self.chosen_ = {"method": winner[0], "alpha": winner[1]}
+        self.bias_, self.temperature_ = best.bias_, best.temperature_
+
+    def _cross_validate(self, candidates, z, y, w, weighted: bool) -> np.ndarray:
+        """Held-out scores, shape (n_candidates, n_splits)."""
+        scorer = self._scorer()
+        folds = StratifiedKFold(self.n_splits_, shuffle=True, random_state=self.random_state)
+        scores = np.empty((len(candidates), self.n_splits_))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            for j, (train, test) in enumerate(folds.split(z, y)):
+                for i, candidate in enumerate(candidates):
+                    fitted = self._make(candidate).fit(z[train], y[train], w[train])
+                    scores[i, j] = scorer(fitted, z[test], y[test], w[test] if weighted else None)
+        return scores
+
+    def _scorer(self):
+        """``score(calibrator, log_mass, y_indices, weights) -> float``."""
+        if self.scoring is None:
+            return _neg_log_loss
+        try:
+            sk_scorer = get_scorer(self.scoring)
+        except (ValueError, TypeError) as e:
+            raise ConfigurationError(
+                f"scoring={self.scoring!r} is neither None (log-loss), a scikit-learn "
+                "scorer name (sklearn.metrics.get_scorer_names()) nor a callable "
+                "scorer(estimator, X, y)."
+            ) from e
+        classes = np.arange(self.n_classes_) if self.classes is None else np.asarray(self.classes)
+
+        def score(calibrator, z, y, w):
+            kw = {} if w is None else {"sample_weight": w}
+            return float(sk_scorer(_Scored(calibrator, classes), z, classes[y], **kw))
+
+        return score
+
+    def _proba(self, log_mass: np.ndarray) -> np.ndarray:
+        return self.best_calibrator_._proba(log_mass)
+
+
+def _neg_log_loss(calibrator, z, y, w) -> float:
+    """Minus the (weighted) mean held-out log-loss."""
+    p = calibrator.predict_proba(z)[np.arange(len(y)), y]
+    w = np.ones(len(y)) if w is None else w
+    return float((w * np.log(np.maximum(p, 1e-300))).sum() / w.sum())
+
+
+def _results(candidates, scores: np.ndarray) -> dict:
+    """A ``cv_results_`` table of ``candidates`` and their fold ``scores``."""
+    n_splits = scores.shape[1]
+    if n_splits:
+        mean, std = scores.mean(axis=1), scores.std(axis=1)
+        rank = rankdata(-mean, method="min").astype(int)
+    else:
+        mean = std = np.full(len(candidates), np.nan)
+        rank = np.ones(len(candidates), dtype=int)
+    table = {
+        "params": [{"method": m, "alpha": a} for m, a in candidates],
+        "param_method": np.array([m for m, _ in candidates], dtype=object),
+        "param_alpha": np.array([np.nan if a is None else a for _, a in candidates]),
+    }
+    table.update({f"split{j}_test_score": scores[:, j] for j in range(n_splits)})
+    table.update(mean_test_score=mean, std_test_score=std, rank_test_score=rank)
+    return table
