@@ -264,9 +264,10 @@ def _output_option(p: argparse.ArgumentParser) -> None:
 def _scoring_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--scoring",
-        default="accuracy",
+        default=None,
         choices=THRESHOLD_METRICS,
-        help="the metric --calibration threshold maximizes (default: accuracy)",
+        help="the metric --calibration threshold maximizes (default: accuracy) and "
+        "--calibration auto selects by (default: held-out log loss)",
     )
 
 
