@@ -504,6 +504,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._uncounted = False
             with self.server.stub._lock:
                 self.server.stub.status_counts[status] += 1
+                entry = getattr(self, "_entry", None)
+                if entry is not None:
+                    entry["status"] = status
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -574,6 +577,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if self._uncounted:  # no answer was sent (a hang or a dropped connection)
                     stub.status_counts[0] += 1
             self._uncounted = False
+            self._entry = None
 
     def _complete(self, stub: OpenAIStub, endpoint: str, path: str, raw: bytes) -> int:
         key, auth = self._presented_key()
@@ -610,6 +614,7 @@ class _Handler(BaseHTTPRequestHandler):
             stub.prompt_requests[prompt] += 1
             stub.log.append(entry)
             fault = stub._pick_fault(prompt)
+        self._entry = entry  # its status is set by _send, before the answer leaves
 
         status = self._check(stub, body, endpoint, key, k)
         if status:
@@ -627,10 +632,9 @@ class _Handler(BaseHTTPRequestHandler):
             payload = decisions_stub.decision_answer(stub, body, text, cached, refuse=False)
         else:
             payload = stub._answer(endpoint, body, text, k)
-        self._send(200, payload)
-        with stub._lock:
+        with stub._lock:  # counted before the answer leaves (no race with the client)
             stub.prompt_successes[prompt] += 1
-        entry["status"] = 200
+        self._send(200, payload)
         return 200
 
     def _check(self, stub: OpenAIStub, body: dict, endpoint: str, key, k) -> int:
