@@ -155,7 +155,7 @@ def floor(backend: LlamaCppBackend, prompts: list[str]):
         common = common[:k]
     L, b, ctx, mem = llm.L, llm.batch, llm.ctx, llm.mem
     with llm.lock:
-        llm._set_resident(common)
+        llm.set_resident(common)
         p = len(common)
         with Measure("floor") as m:
             for t in toks:
