@@ -237,7 +237,9 @@ def test_auto_cv_results_table():
     assert fitted.n_splits_ == 4 and len(res["params"]) == n
     for key in ("param_method", "param_alpha", "mean_test_score", "std_test_score"):
         assert len(res[key]) == n
-    folds = np.column_stack([res[f"split{j}_test_score"] for j in range(4)])
+    # Four folds, drawn three times (the default n_repeats).
+    assert "split11_test_score" in res and "split12_test_score" not in res
+    folds = np.column_stack([res[f"split{j}_test_score"] for j in range(12)])
     np.testing.assert_allclose(res["mean_test_score"], folds.mean(axis=1))
     np.testing.assert_allclose(res["std_test_score"], folds.std(axis=1))
     assert np.isnan(res["param_alpha"][0]) and res["param_alpha"][1] == max(DEFAULT_ALPHAS)
@@ -246,6 +248,23 @@ def test_auto_cv_results_table():
     # The chosen one refitted on everything makes the probabilities.
     ref = make_calibrator(fitted.chosen_["method"], **_alpha(fitted.chosen_)).fit(z, y)
     np.testing.assert_array_equal(fitted.predict_proba(z), ref.predict_proba(z))
+
+
+def test_auto_repeats_the_folds():
+    z, y = sample(60, 2, seed=23)
+    once = AutoCalibrator(**SMALL_GRID, n_repeats=1).fit(z, y)
+    thrice = AutoCalibrator(**SMALL_GRID, n_repeats=3).fit(z, y)
+    assert once.n_splits_ == thrice.n_splits_ >= 2
+    assert sum(k.startswith("split") for k in once.cv_results_) == once.n_splits_
+    assert sum(k.startswith("split") for k in thrice.cv_results_) == 3 * thrice.n_splits_
+    # Other shuffles: the repeats are not copies of the first one.
+    assert not np.allclose(
+        thrice.cv_results_["split0_test_score"],
+        thrice.cv_results_[f"split{thrice.n_splits_}_test_score"],
+    )
+    for bad in (0, 1.5, True):
+        with pytest.raises(ConfigurationError, match="n_repeats must be an integer >= 1"):
+            AutoCalibrator(n_repeats=bad).fit(z, y)
 
 
 def _alpha(chosen):
