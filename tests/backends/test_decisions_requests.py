@@ -188,3 +188,71 @@ def test_refusals_raise_when_asked(stub, tmp_path):
         assert clf.predict_proba(["a film"]).shape == (1, 2)  # no refusal, no warning
     with pytest.raises(ConfigurationError, match="on_refusal='ignore'"):
         classifier(stub, backend_options={"on_refusal": "ignore"}).fit(None, None)
+
+
+def test_77_intents_fit_in_one_choice_question(stub):
+    intents = [f"intent_{i:02d}" for i in range(77)]
+    stub.decisions = lambda text, values: [5.0 if v in text else 1.0 for v in values]
+    clf = classifier(stub, labels=intents).fit(None, None)
+    proba = clf.predict_proba(["this is about intent_42"])
+    (q,) = bodies(stub)[-1]["questions"]
+    assert [c["value"] for c in q["choices"]] == intents
+    assert clf.classes_[proba.argmax()] == "intent_42"
+    np.testing.assert_allclose(proba.max(), 5 / 81, atol=1e-5)
+
+
+def test_key_never_in_the_cache_file(stub, tmp_path):
+    secret = "sk-decisions-cache-secret-77"
+    cache = tmp_path / "c.sqlite"
+    clf = LogprobClassifier(
+        MODEL,
+        backend="decisions",
+        base_url=stub.base_url,
+        api_key=secret,
+        labels=["positive", "negative"],
+        cache=str(cache),
+        max_retries=0,
+    ).fit(None, None)
+    clf.predict_proba(["a great film", "a dull film"])
+    assert stub.requests == 2
+    stored = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
+    assert len(stored) > 0
+    assert secret.encode() not in stored
+    assert secret.encode() not in pickle.dumps(clf) and secret not in repr(clf)
+
+
+def test_requests_per_minute_paces_the_shared_runner(stub):
+    import time
+
+    clf = classifier(stub, backend_options={"requests_per_minute": 240}).fit(None, None)
+    t0 = time.perf_counter()
+    clf.predict_proba([f"film {i}" for i in range(10)])
+    elapsed = time.perf_counter() - t0
+    assert stub.requests == 10
+    assert elapsed >= 1.3  # a burst of 4 (one second's worth), then 4 per second
+
+
+@pytest.mark.parametrize(
+    ("model", "backend", "message", "fix"),
+    [
+        ("gpt-4o-mini", "decisions", "not a decision model", "backend='openai'"),
+        (MODEL, "openai", "is a decisions model", "backend='decisions'"),
+    ],
+)
+def test_wrong_kind_of_model_through_the_estimator(stub, model, backend, message, fix):
+    from skllmprob.exceptions import RequestRejectedError
+
+    clf = LogprobClassifier(
+        model,
+        backend=backend,
+        base_url=stub.base_url,
+        api_key="sk-test",
+        labels=["positive", "negative"],
+        cache=False,
+        max_retries=0,
+        max_concurrency=1,
+    ).fit(None, None)
+    with pytest.raises(RequestRejectedError, match=message) as info:
+        clf.predict_proba(["a film", "another film", "a third film"])
+    assert fix in str(info.value)
+    assert stub.requests == 1  # one clear error, at once
