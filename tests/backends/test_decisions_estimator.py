@@ -36,16 +36,9 @@ def rows(n: int, seed: int):
 
 
 def classifier(stub, **kw):
-    kw.setdefault("cache", False)
-    return LogprobClassifier(
-        MODEL,
-        backend="decisions",
-        base_url=stub.base_url,
-        api_key="sk-test",
-        labels=list(TEAMS),
-        max_retries=0,
-        **kw,
-    )
+    """A LogprobClassifier on the stub's /v1/decisions (``kw``: more parameters)."""
+    kw = {"cache": False, "labels": list(TEAMS), "max_retries": 0, **kw}
+    return LogprobClassifier(MODEL, backend="decisions", base_url=stub.base_url, api_key="k", **kw)
 
 
 def test_grid_search_one_request_per_unique_row(tmp_path):

@@ -273,18 +273,18 @@ def test_refusal_and_malformed_answers():
         srv.close()
 
 
-def test_through_the_estimator(server):
+def jev_classifier(url: str):
+    """A zero-shot LogprobClassifier on the System One server at ``url``."""
     from skllmprob import LogprobClassifier
 
-    clf = LogprobClassifier(
-        "jev-latest",
-        backend="systemone",
-        base_url=server + "/v1",
-        labels=list(LABELS),
-        descriptions=DESCRIPTIONS,
-        cache=False,
-        max_retries=0,
+    settings = {"labels": list(LABELS), "descriptions": DESCRIPTIONS, "cache": False}
+    return LogprobClassifier(
+        "jev-latest", backend="systemone", base_url=url + "/v1", max_retries=0, **settings
     ).fit(None, None)
+
+
+def test_through_the_estimator(server):
+    clf = jev_classifier(server)
     assert clf.predict(TEXTS).tolist() == list(LABELS)
     np.testing.assert_allclose(clf.predict_proba(TEXTS).sum(axis=1), 1.0)
     assert clf.usage_.last.requests == 3 and clf.usage_.total.requests == 6
@@ -299,18 +299,8 @@ def test_base_url_without_v1(server):
 
 def test_2d_rows_as_json_state_end_to_end(server):
     pd = pytest.importorskip("pandas")
-    from skllmprob import LogprobClassifier
-
     X = pd.DataFrame({"subject": ["refund please", "lost parcel"], "body": TEXTS[:2]})
-    clf = LogprobClassifier(
-        "jev-latest",
-        backend="systemone",
-        base_url=server + "/v1",
-        labels=list(LABELS),
-        descriptions=DESCRIPTIONS,
-        cache=False,
-        max_retries=0,
-    ).fit(None, None)
+    clf = jev_classifier(server)
     # dev-double validates the JSON state and scores its text by word overlap
     assert clf.predict(X).tolist() == ["billing", "shipping"]
 
