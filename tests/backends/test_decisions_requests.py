@@ -256,3 +256,11 @@ def test_wrong_kind_of_model_through_the_estimator(stub, model, backend, message
         clf.predict_proba(["a film", "another film", "a third film"])
     assert fix in str(info.value)
     assert stub.requests == 1  # one clear error, at once
+
+
+def test_descriptions_are_checked_on_every_backend():
+    clf = LogprobClassifier(
+        backend="deterministic", labels=["yes", "no"], descriptions={"maybe": "x"}, cache=False
+    ).fit(None, None)
+    with pytest.raises(ConfigurationError, match="not classes"):
+        clf.predict_proba(["a text"])

@@ -78,20 +78,21 @@ def decision_call(estimator, backend, prompts: list[str], table=None):
     its instructions, the few-shot examples, the estimator's ``descriptions`` and
     the prompt's class order (each unless the backend has its own), and one input
     per row: its part of the prompt, or the JSON object of a 2-D ``table``'s row
-    (then ``input_format="json"``). Other backends are returned unchanged.
+    (then ``input_format="json"``). Other backends are returned unchanged
+    (``descriptions`` is checked for them too).
     """
+    descriptions = answer_descriptions(
+        estimator.descriptions, estimator.classes_, estimator.answers_
+    )  # checked for every backend
     if not isinstance(backend, DecisionBackendBase):
         return backend, prompts
     renderer = estimator.prompt_renderer_
     examples = _examples(estimator)
     parts = split_prompt(renderer, examples)
     rows = json_rows(table, renderer.row_fields)
-    changes: dict = {"order": _prompt_order(estimator)}
+    changes: dict = {} if backend.order is not None else {"order": _prompt_order(estimator)}
     if backend.instructions is None and parts.head.strip():
         changes["instructions"] = parts.head.strip()
-    descriptions = answer_descriptions(
-        estimator.descriptions, estimator.classes_, estimator.answers_
-    )
     if descriptions and backend.descriptions is None:
         changes["descriptions"] = descriptions
     if rows is not None:
