@@ -25,7 +25,7 @@ from ._fit_calibration import (
 from ._secrets import SecretKey, SecretParam, SecretURL, SecretURLParam, reveal
 from ._validation import check_sample_weight, check_X, set_features
 from .backends.base import Backend
-from .backends.decisions.estimator import answer_descriptions, decision_call, warn_refusals
+from .backends.decisions.estimator import decision_call, warn_refusals
 from .backends.factory import ANSWER_SETTINGS, DECISION_BACKENDS, check_unchanged, make_backend
 from .cache import open_cache
 from .calibrators import CALIBRATORS, Calibrator
@@ -476,7 +476,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         if not zero_shot:
             sw = check_sample_weight(sample_weight, len(y_arr)) if labelled else None
             prompts = render_table(self.prompt_renderer_, table)
-            log_mass, floored, completions, _ = self._score_prompts(prompts, backend)
+            log_mass, floored, completions, _ = self._score_prompts(prompts, backend, table)
             self.coverage_ = float(coverage(log_mass, floored).mean())
             other = self.scorer_.other_tokens(completions)
             self.other_tokens_ = {
@@ -583,18 +583,17 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
             :meth:`predict_proba`.
         """
         check_is_fitted(self)
-        prompts = render_table(self.prompt_renderer_, check_X(self, X))
-        log_mass, floored, _, usage = self._score_prompts(prompts, self._fitted_backend())
+        table = check_X(self, X)
+        prompts = render_table(self.prompt_renderer_, table)
+        log_mass, floored, _, usage = self._score_prompts(prompts, self._fitted_backend(), table)
         return TextScores.from_log_mass(log_mass, floored, replace(usage))
 
-    def _score_prompts(self, prompts: list[str], backend: Backend):
+    def _score_prompts(self, prompts: list[str], backend: Backend, table=None):
         """Fetch (through the cache) and score: ``(log_mass, floored, completions,
-        usage)``."""
+        usage)``; ``table``: the rows of ``prompts`` (decision backends send 2-D rows
+        as JSON)."""
         query = self.scorer_.query(self.top_logprobs)
-        descriptions = answer_descriptions(self.descriptions, self.classes_, self.answers_)
-        backend, prompts = decision_call(
-            backend, prompts, self.prompt_renderer_.prefix, descriptions
-        )
+        backend, prompts = decision_call(self, backend, prompts, table)
         usage = Usage()
         try:  # also after a failure, usage_ counts what was paid for
             completions, _ = fetch_completions(
@@ -609,7 +608,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
             raise _in_terms_of_x(e, prompts) from e
         finally:
             self.usage_.record(usage)
-        warn_refusals(completions)
+        warn_refusals(completions, backend)
         log_mass, floored = self.scorer_.score(completions)
         return log_mass, floored, completions, usage
 

@@ -195,3 +195,22 @@ class ContextOverflowError(ConfigurationError, InputError):
 
 
 __all__ += ["ContextOverflowError"]
+
+
+class RefusalError(BackendError):
+    """A decision model refused to answer rows (``on_refusal="raise"``); ``rows``
+    holds their indices."""
+
+    def __init__(self, message: str, *, rows: list[int]) -> None:
+        super().__init__(message)
+        self.rows = list(rows)
+
+    def __reduce__(self):  # keyword-only ``rows``: pickle (joblib workers) needs this
+        return (_refusal_error, (str(self), self.rows))
+
+
+def _refusal_error(message: str, rows: list[int]) -> RefusalError:
+    return RefusalError(message, rows=rows)
+
+
+__all__ += ["RefusalError"]

@@ -25,25 +25,32 @@ DECISION_MODELS = ("gpt-6-luna",)
 _FLOOR = 1e-4
 
 
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    parts = [
+        json.dumps(p.get("data"), ensure_ascii=False, separators=(",", ":"))
+        if p.get("type") == "input_json"
+        else str(p.get("text", ""))
+        for p in (content if isinstance(content, list) else [])
+        if isinstance(p, dict)
+    ]
+    return "\n\n".join(parts)
+
+
 def decision_text(body: dict) -> str:
-    """The text of a request's ``input`` (a string, or the text parts of messages)."""
+    """The text a request asks about: its ``input`` string, or the content of the
+    last user message (earlier messages, e.g. few-shot examples, are context;
+    ``input_json`` parts as compact JSON)."""
     value = body.get("input")
     if isinstance(value, str):
         return value
-    parts: list[str] = []
-    for message in value if isinstance(value, list) else []:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            parts.append(content)
-        elif isinstance(content, list):
-            parts += [
-                json.dumps(p.get("json"))
-                if p.get("type") == "input_json"
-                else str(p.get("text", ""))
-                for p in content
-                if isinstance(p, dict)
-            ]
-    return "\n\n".join(parts)
+    users = [
+        m.get("content")
+        for m in (value if isinstance(value, list) else [])
+        if isinstance(m, dict) and m.get("role", "user") == "user"
+    ]
+    return _content_text(users[-1]) if users else ""
 
 
 def _question_problem(i: int, q: Any) -> str | None:

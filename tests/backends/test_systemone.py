@@ -198,13 +198,15 @@ class _Scripted:
         outer = self
         self.script = list(script)
         self.requests = 0
+        self.bodies: list[dict] = []
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 return
 
             def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.bodies.append(json.loads(raw))
                 outer.requests += 1
                 status, body = outer.script.pop(0) if outer.script else (200, OK_BODY)
                 data = json.dumps(body).encode()
@@ -271,18 +273,67 @@ def test_refusal_and_malformed_answers():
         srv.close()
 
 
-def test_through_the_estimator(server):
+def jev_classifier(url: str):
+    """A zero-shot LogprobClassifier on the System One server at ``url``."""
     from skllmprob import LogprobClassifier
 
-    clf = LogprobClassifier(
-        "jev-latest",
-        backend="systemone",
-        base_url=server + "/v1",
-        labels=list(LABELS),
-        descriptions=DESCRIPTIONS,
-        cache=False,
-        max_retries=0,
+    settings = {"labels": list(LABELS), "descriptions": DESCRIPTIONS, "cache": False}
+    return LogprobClassifier(
+        "jev-latest", backend="systemone", base_url=url + "/v1", max_retries=0, **settings
     ).fit(None, None)
+
+
+def test_through_the_estimator(server):
+    clf = jev_classifier(server)
     assert clf.predict(TEXTS).tolist() == list(LABELS)
     np.testing.assert_allclose(clf.predict_proba(TEXTS).sum(axis=1), 1.0)
     assert clf.usage_.last.requests == 3 and clf.usage_.total.requests == 6
+
+
+def test_base_url_without_v1(server):
+    b = SystemOneBackend("jev-latest", base_url=server, max_retries=0)  # no /v1
+    with pytest.raises(RequestRejectedError, match="does not exist") as info:
+        run(b, ["x"])
+    assert "ending in '/v1'" in str(info.value)
+
+
+def test_2d_rows_as_json_state_end_to_end(server):
+    pd = pytest.importorskip("pandas")
+    X = pd.DataFrame({"subject": ["refund please", "lost parcel"], "body": TEXTS[:2]})
+    clf = jev_classifier(server)
+    # dev-double validates the JSON state and scores its text by word overlap
+    assert clf.predict(X).tolist() == ["billing", "shipping"]
+
+
+def test_wire_examples_json_state_and_score_order():
+    from skllmprob import LogprobClassifier
+
+    pd = pytest.importorskip("pandas")
+    score = {"type": "score", "score": 1.7, "probabilities": {"0": 0.1, "1": 0.1, "2": 0.8}}
+    srv = _Scripted([(200, {"answers": {"label": score}, "usage": {"input_tokens": 3}})])
+    try:
+        clf = LogprobClassifier(
+            "jev-latest",
+            backend="systemone",
+            base_url=srv.url + "/v1",
+            labels=["low", "medium", "high"],
+            prompt="Urgency of a ticket ({labels}).\n\n{examples}{subject}: {body}\nUrgency:",
+            examples=[({"subject": "outage", "body": "all down"}, "high")],
+            backend_options={"question": "score"},
+            cache=False,
+            max_retries=0,
+        ).fit(None, None)
+        proba = clf.predict_proba(pd.DataFrame({"subject": ["hi"], "body": ["site is down"]}))
+    finally:
+        srv.close()
+    (body,) = srv.bodies
+    assert body["state"] == {"subject": "hi", "body": "site is down"}
+    q = body["questions"]["label"]
+    assert q["type"] == "score" and q["criteria"] == ["low", "medium", "high"]
+    assert q["instructions"] == (
+        "Urgency of a ticket (low, medium, high).\n\nExamples:\n"
+        'Input: {"subject":"outage","body":"all down"}\nAnswer: high'
+    )
+    # levels keyed by position in the order sent, columns in classes_ order
+    assert list(clf.classes_) == ["high", "low", "medium"]
+    np.testing.assert_allclose(proba[0], [0.8, 0.1, 0.1])

@@ -49,6 +49,9 @@ class DecisionBackendBase(Backend):
         question: str = "choice",
         instructions: str | None = None,
         descriptions: dict | None = None,
+        examples: Sequence[tuple[str, str]] = (),
+        input_format: str = "text",
+        on_refusal: str = "warn",
         timeout: float = 60.0,
         max_retries: int = 5,
         max_concurrency: int = 8,
@@ -64,6 +67,8 @@ class DecisionBackendBase(Backend):
             )
         if int(max_concurrency) < 1:
             raise ConfigurationError("max_concurrency must be at least 1.")
+        _check_choice("input_format", input_format, INPUT_FORMATS)
+        _check_choice("on_refusal", on_refusal, REFUSAL_POLICIES)
         self.model = model
         # A password in the URL stays out of pickles and reprs (SecretURL).
         self.base_url = wrap_url_secret(base_url)
@@ -72,6 +77,11 @@ class DecisionBackendBase(Backend):
         self.descriptions = (
             {str(k): str(v) for k, v in descriptions.items()} if descriptions else None
         )
+        self.examples = _examples(examples)
+        self.input_format = input_format
+        self.on_refusal = on_refusal
+        #: The class answers in the order to ask them (None: the query's order).
+        self.order: tuple[str, ...] | None = None
         self.timeout = float(timeout)
         self.max_retries = int(max_retries)
         self.max_concurrency = int(max_concurrency)
@@ -86,14 +96,14 @@ class DecisionBackendBase(Backend):
         return mask_url(super().__repr__())
 
     def with_settings(self, **changes: Any) -> DecisionBackendBase:
-        """A copy with other ``instructions`` / ``descriptions`` / ``question`` (the
-        key is kept); the estimator fills in what the user left unset.
+        """A copy with other question settings (the key is kept); the estimator
+        fills in what the user left unset.
 
         >>> from skllmprob.backends.decisions import SystemOneBackend
         >>> SystemOneBackend("jev-latest").with_settings(instructions="Which team?").instructions
         'Which team?'
         """
-        unknown = sorted(set(changes) - {"instructions", "descriptions", "question"})
+        unknown = sorted(set(changes) - set(_SETTINGS))
         if unknown:
             raise TypeError(f"with_settings() got unexpected settings {unknown}")
         out = copy.copy(self)
@@ -101,7 +111,27 @@ class DecisionBackendBase(Backend):
             setattr(out, name, value)
         if changes.get("descriptions"):
             out.descriptions = {str(k): str(v) for k, v in changes["descriptions"].items()}
+        if "examples" in changes:
+            out.examples = _examples(changes["examples"])
+        if changes.get("order") is not None:
+            out.order = tuple(str(a) for a in changes["order"])
+        for name in ("input_format", "on_refusal"):
+            _check_choice(name, getattr(out, name), _SETTINGS[name])
         return out
+
+    def asked_order(self, answers: Sequence[str]) -> tuple[str, ...]:
+        """``answers`` in the order to ask them: ``order`` when it holds the same
+        answers, else as given.
+
+        >>> from skllmprob.backends.decisions import SystemOneBackend
+        >>> b = SystemOneBackend("m").with_settings(order=("low", "mid", "high"))
+        >>> b.asked_order(("high", "low", "mid"))
+        ('low', 'mid', 'high')
+        """
+        answers = tuple(answers)
+        if self.order is not None and sorted(self.order) == sorted(answers):
+            return self.order
+        return answers
 
     # -- resolved settings ----------------------------------------------------------------
 
@@ -124,12 +154,22 @@ class DecisionBackendBase(Backend):
         return {"backend": self.kind_name, "base_url": self.shown_url(), "model": self.model}
 
     def request_settings(self, query: Query) -> dict[str, Any]:
-        return {
+        """What changes the answers (part of the cache key); the newer settings only
+        when they differ from their defaults, so older entries stay valid."""
+        out = {
             "answers": list(query.answers),
             "question": self.question,
             "instructions": self.instructions,
             "descriptions": self.descriptions,
         }
+        if self.examples:
+            out["examples"] = [list(e) for e in self.examples]
+        if self.input_format != "text":
+            out["input_format"] = self.input_format
+        order = self.asked_order(query.answers)
+        if order != tuple(query.answers):
+            out["order"] = list(order)
+        return out
 
     def check_query(self, query: Query) -> None:
         from .questions import check_answers
@@ -268,6 +308,39 @@ class DecisionBackendBase(Backend):
 
     def _missing_endpoint_fix(self) -> str:
         raise NotImplementedError
+
+
+INPUT_FORMATS = ("text", "json")
+REFUSAL_POLICIES = ("warn", "raise")
+#: The settings :meth:`DecisionBackendBase.with_settings` changes (and their choices).
+_SETTINGS = {
+    "instructions": None,
+    "descriptions": None,
+    "question": QUESTION_KINDS,
+    "examples": None,
+    "input_format": INPUT_FORMATS,
+    "on_refusal": REFUSAL_POLICIES,
+    "order": None,
+}
+
+
+def _check_choice(name: str, value: Any, choices) -> None:
+    if choices is not None and value not in choices:
+        raise ConfigurationError(f"{name}={value!r}; use one of {', '.join(map(repr, choices))}.")
+
+
+def _examples(examples: Any) -> tuple[tuple[str, str], ...]:
+    """Few-shot examples as (input, answer) pairs of strings."""
+    out = []
+    for item in examples or ():
+        try:
+            text, answer = item
+        except (TypeError, ValueError) as e:
+            raise ConfigurationError(
+                f"examples must be (input, answer) pairs of strings; got {item!r}."
+            ) from e
+        out.append((str(text), str(answer)))
+    return tuple(out)
 
 
 def env_key(name: str) -> str | None:

@@ -149,8 +149,11 @@ def parse_decision(raw: bytes, answers: Sequence[str], kind: str) -> Completion:
 # System One /v1/systemone
 
 
-def parse_systemone(raw: bytes, answers: Sequence[str], kind: str) -> Completion:
-    """A System One response body (one question) as a completion."""
+def parse_systemone(
+    raw: bytes, answers: Sequence[str], kind: str, asked: Sequence[str] | None = None
+) -> Completion:
+    """A System One response body (one question) as a completion; ``asked``: the
+    answers in the order they were sent (a score's levels are keyed by position)."""
     data = _loads(raw)
     if not isinstance(data, dict) or not isinstance(data.get("answers"), dict):
         raise _Malformed("no 'answers' map: not a System One response")
@@ -171,5 +174,6 @@ def parse_systemone(raw: bytes, answers: Sequence[str], kind: str) -> Completion
     probs = answer.get("probabilities")
     if not isinstance(probs, dict):
         raise _Malformed("'probabilities' is not a map")
-    keys = answers if kind == "choice" else [str(i) for i in range(len(answers))]
+    asked = list(answers if asked is None else asked)
+    keys = answers if kind == "choice" else [str(asked.index(a)) for a in answers]
     return distribution_completion(_by_key(probs, keys, "probabilities"), answers, usage)

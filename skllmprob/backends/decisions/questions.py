@@ -68,6 +68,23 @@ def _instructions(instructions: str | None) -> str:
     return text or DEFAULT_INSTRUCTIONS
 
 
+def with_examples(instructions: str | None, examples) -> str | None:
+    """The instructions followed by the few-shot examples, for APIs that take no
+    example messages (System One): identical for every row, so a shared prefix.
+
+    >>> print(with_examples("Sentiment?", [("loved it", "positive")]))
+    Sentiment?
+    <BLANKLINE>
+    Examples:
+    Input: loved it
+    Answer: positive
+    """
+    if not examples:
+        return instructions
+    shots = "\n\n".join(f"Input: {text.strip()}\nAnswer: {answer}" for text, answer in examples)
+    return f"{_instructions(instructions)}\n\nExamples:\n{shots}"
+
+
 def _predicate_text(instructions: str, answers: Sequence[str], descriptions) -> str:
     positive = answers[1]
     line = f"{instructions}\nStatement: the answer is {positive!r}."

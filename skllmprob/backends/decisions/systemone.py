@@ -2,7 +2,9 @@
 body at gateways (OpenRouter's ``/api/alpha/decisions``, Fireworks, LiteLLM),
 Ollama and llama-server for decision-model GGUFs, and ``dev-double``.
 
-Each prompt (the rendered row) is the request's ``state``; the classes are the
+Each prompt (the row: its text, or with ``input_format="json"`` the JSON object of
+a 2-D row) is the request's ``state``; few-shot ``examples`` follow the
+instructions (the API has no example messages); the classes are the
 options of one question with the id ``"label"``: a ``choice`` whose criteria map
 each class to its description (or ``null``), a ``noul`` for ``question="predicate"``
 (binary: the probability that the second class is the answer) or a ``score`` over
@@ -17,6 +19,7 @@ used as is.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ...exceptions import ConfigurationError
@@ -24,7 +27,7 @@ from ..base import Completion
 from ..openai.keys import NO_KEY, clean_key
 from .common import DecisionBackendBase, env_key
 from .parsing import parse_systemone
-from .questions import systemone_questions
+from .questions import systemone_questions, with_examples
 
 TYPESAFE_BASE_URL = "https://api.typesafe.ai/v1"
 
@@ -43,8 +46,8 @@ class SystemOneBackend(DecisionBackendBase):
     api_key : str or SecretKey, optional
         ``None`` reads ``$TYPESAFE_API_KEY``; TypeSafe needs one, other servers
         without one get a placeholder. Never in the repr, the cache or a pickle.
-    question, instructions, descriptions, timeout, max_retries, max_concurrency,
-    requests_per_minute, tokens_per_minute, default_headers
+    question, instructions, descriptions, examples, input_format, on_refusal, timeout,
+    max_retries, max_concurrency, requests_per_minute, tokens_per_minute, default_headers
         As for :class:`~skllmprob.backends.decisions.DecisionsBackend`.
     """
 
@@ -92,11 +95,13 @@ class SystemOneBackend(DecisionBackendBase):
     async def _request(self, client: Any, prompt: str, answers: tuple) -> Completion:
         from ..openai.backend import _response_type
 
+        asked = answers if self.question == "predicate" else self.asked_order(answers)
+        instructions = with_examples(self.instructions, self.examples)
         body = {
             "model": self.model,
-            "state": prompt,
+            "state": json.loads(prompt) if self.input_format == "json" else prompt,
             "questions": systemone_questions(
-                answers, self.descriptions, self.instructions, self.question
+                asked, self.descriptions, instructions, self.question
             ),
         }
         response = await client.post(
@@ -105,7 +110,7 @@ class SystemOneBackend(DecisionBackendBase):
             body=body,
             options={"security": {"bearer_auth": True}},
         )
-        return parse_systemone(response.content, answers, self.question)
+        return parse_systemone(response.content, answers, self.question, asked)
 
     def _missing_endpoint_fix(self) -> str:
         return (
