@@ -51,9 +51,12 @@ __all__ = ["LogprobClassifier"]
 CALIBRATIONS = tuple(CALIBRATORS)
 
 
-def _calibrator_view(name: str, doc: str) -> property:
-    """A read-only attribute of the estimator that is ``calibrator_.<name>``."""
-    return property(lambda self: getattr(self.calibrator_, name), doc=doc)
+def _calibrator_view(get, doc: str) -> property:
+    """A read-only attribute of the estimator: the attribute ``get`` (a name) of
+    ``calibrator_``, or ``get(calibrator_)``."""
+    if isinstance(get, str):
+        return property(lambda self: getattr(self.calibrator_, get), doc=doc)
+    return property(lambda self: get(self.calibrator_), doc=doc)
 
 
 class LogprobClassifier(ClassifierMixin, BaseEstimator):
@@ -172,7 +175,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
     answers_ : ndarray of str, shape (n_classes,)
         What the model answers for each class (a verbalizer or an option code).
     uses_option_codes_ : bool
-        Whether labels were replaced by option codes.
+        Whether the answers are option codes.
     scorer_ : skllmprob.scoring.Scorer
         Turns completions into class log-masses: exact (the backend scores whole answers) or
         top-k (summed from the top tokens).
@@ -200,8 +203,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
     coverage_ : float
         Mean label coverage of the samples seen by ``fit`` (NaN for zero-shot).
     other_tokens_ : dict of str to float
-        The most frequent non-label tokens of those samples, with their mean probability: what
-        the model says instead of a label.
+        The most frequent non-label tokens of those samples and their mean probability.
     usage_ : UsageTracker
         Requests, cache hits and tokens of the last call and in total.
     n_features_in_ : int
@@ -286,8 +288,6 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         self.descriptions = descriptions
         self.progress = progress
 
-    # ------------------------------------------------------------------ plumbing
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.string = True
@@ -308,8 +308,6 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
     def _make_backend(self) -> Backend:
         """The backend settings object for the current parameters (cheap)."""
         return backend_of(self)
-
-    # ----------------------------------------------------------------------- fit
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X=None, y=None, sample_weight=None):
@@ -353,29 +351,21 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         self.calibrator_ = calibrator.fit(scores.log_mass, scores.y_idx, scores.sample_weight)
         return self
 
-    # -------------------------------------- read-only views of the calibrator
-
     bias_ = _calibrator_view("bias_", "The offsets of ``calibrator_``.")
     temperature_ = _calibrator_view("temperature_", "The temperature of ``calibrator_``.")
     threshold_ = _calibrator_view("threshold_", "The decision threshold of ``calibrator_``.")
-
-    @property
-    def calibration_chosen_(self) -> dict:
-        """The calibration method in use and its penalty (``"auto"``: its choice)."""
-        return calibration_chosen(self.calibrator_)
-
-    @property
-    def calibration_cv_results_(self) -> dict:
-        """The cross-validation table of ``calibration="auto"``."""
-        return calibration_cv_results(self.calibrator_)
+    calibration_chosen_ = _calibrator_view(
+        calibration_chosen, "The method in use and its penalty (``auto``: its choice)."
+    )
+    calibration_cv_results_ = _calibrator_view(
+        calibration_cv_results, "The cross-validation table of ``calibration='auto'``."
+    )
 
     @property
     def pos_label_(self):
         """The positive class of ``calibration="threshold"``, else ``None``."""
         pos = getattr(self.calibrator_, "pos_index", None)
         return None if pos is None else self.classes_[pos]
-
-    # ------------------------------------------------------------------- scoring
 
     def render_prompts(self, X) -> list[str]:
         """The prompts that would be sent for ``X`` (after ``fit``).
@@ -392,10 +382,8 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         return render_table(self.prompt_renderer_, check_X(self, X))
 
     def score_texts(self, X) -> TextScores:
-        """The model's raw class scores of ``X``, from one pass to the backend.
-
-        Every predict method is this pass followed by arithmetic; call it once to
-        get probabilities, decisions, coverage and usage without asking twice.
+        """The model's raw class scores of ``X``, from one pass to the backend: every
+        predict method is this pass followed by arithmetic.
 
         Parameters
         ----------
@@ -412,8 +400,6 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         prompts = render_table(self.prompt_renderer_, check_X(self, X))
         scored = score_prompts(self, prompts, fitted_backend(self))
         return TextScores.from_log_mass(scored.log_mass, scored.floored, replace(scored.usage))
-
-    # --------------------------------------------------------------------- cache
 
     def cache_info(self):
         """Statistics of the completion cache that ``cache=`` points to (needs no ``fit``).
@@ -432,8 +418,6 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         sharing the file), for every process. Returns ``self``."""
         open_cache(self.cache).clear()
         return self
-
-    # ------------------------------------------------------------------- predict
 
     def predict_proba(self, X):
         """Class probabilities, one request per unique text (cached).
@@ -472,10 +456,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_coverage(self, X):
         """The probability the model put on any label, per sample (before
-        renormalization).
-
-        Low coverage means the model mostly wanted to say something else (see
-        ``other_tokens_``): its label probabilities rest on little mass.
+        renormalization); low coverage: it mostly said something else (``other_tokens_``).
 
         Parameters
         ----------
@@ -489,8 +470,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         return self.score_texts(X).coverage
 
     def predict_label_logprobs(self, X):
-        """Raw log-probability mass of each class, before renormalization and
-        calibration.
+        """Raw log-probability mass of each class, before renormalization and calibration.
 
         Parameters
         ----------
@@ -499,8 +479,8 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         Returns
         -------
         ndarray of shape (n_samples, n_classes)
-            Where a top-k backend did not return a class at all, the smallest
-            returned log-probability stands in (an upper bound).
+            A class a top-k backend did not return gets the smallest returned
+            log-probability (an upper bound).
         """
         check_is_fitted(self)
         return self.score_texts(X).log_mass
