@@ -20,11 +20,10 @@ skllmprob.exceptions.InputError: train.csv line 3: unknown label 'neg', not one 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..exceptions import InputError, SkllmprobError
-from .csvio import CsvTable, read_csv
+from .csvio import CsvTable, read_csv, read_text_file
 
 __all__ = [
     "UsageError",
@@ -49,15 +48,7 @@ def read_prompt(path: str | None) -> str | None:
     """The template of ``--prompt-file`` (its final newline dropped), or ``None``."""
     if path is None:
         return None
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError as e:
-        raise InputError(f"{path}: no such file (--prompt-file).") from e
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path} is not UTF-8 text (--prompt-file).") from e
-    except OSError as e:
-        raise InputError(f"cannot read {path}: {e.strerror or e} (--prompt-file).") from e
+    text = read_text_file(path, "a prompt file", option="--prompt-file", stdio=False)
     if text.endswith("\n"):
         text = text[:-1]
         if text.endswith("\r"):
