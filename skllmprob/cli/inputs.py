@@ -32,6 +32,7 @@ __all__ = [
     "check_text_column",
     "features",
     "labelled",
+    "read_descriptions",
     "read_examples",
     "read_input",
     "read_prompt",
@@ -195,3 +196,22 @@ def read_examples(args, fields, labels: list[str] | None, source: str = "--label
     if labels is None:
         labels = sorted(set(y))
     return examples, labels
+
+
+def read_descriptions(path: str | None) -> dict[str, str] | None:
+    """``--descriptions``: a CSV file of labels (column ``label``) and one line about
+    each (column ``description``), or ``None``. Labels that are no class are
+    rejected by the classifier's ``fit``, before any request."""
+    if path is None:
+        return None
+    table = read_csv(path, stdin=None)
+    lines = table.column("description")
+    out: dict[str, str] = {}
+    for label, line, n in zip(table.column("label"), lines, table.lines, strict=True):
+        if label in out:
+            raise InputError(
+                f"{table.name} line {n}: the label {label!r} is described twice; keep one "
+                "row per label (--descriptions)."
+            )
+        out[label] = line
+    return out
