@@ -63,12 +63,11 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
     """A classifier whose probabilities are an LLM's log-probabilities of the labels.
 
     For each text, one request asks the model for a single answer token with its top
-    log-probabilities; a class's probability is the summed probability of the
-    tokens that start its answer, renormalized over the classes. The mass that fell
-    on other tokens is the *coverage* (:meth:`predict_coverage`, ``coverage_``,
-    ``other_tokens_``). ``fit`` learns from labelled samples how to correct the
-    model's bias (``calibration``). Every completion is cached, so model selection
-    pays for each unique prompt once.
+    log-probabilities; a class's probability is the summed probability of the tokens that start
+    its answer, renormalized over the classes. The mass that fell on other tokens is the
+    *coverage* (:meth:`predict_coverage`, ``coverage_``, ``other_tokens_``). ``fit`` learns
+    from labelled samples how to correct the model's bias (``calibration``). Every completion
+    is cached, so model selection pays for each unique prompt once.
 
     Parameters
     ----------
@@ -213,8 +212,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
 
     Examples
     --------
-    The deterministic backend stands in for a real model here; drop ``backend=`` to
-    use the embedded local model.
+    The deterministic backend stands in for a real model (drop ``backend=``: the local one).
 
     >>> from skllmprob import LogprobClassifier
     >>> from skllmprob.backends import DeterministicBackend
