@@ -16,21 +16,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.utils.validation import check_is_fitted
 
-from ._estimator_backend import (
-    answer_settings,
-    backend_of,
-    fitted_backend,
-    split_key,
-    state_without_key,
-)
-from ._fit_calibration import (
-    calibration_chosen,
-    calibration_cv_results,
-    check_calibration_name,
-    check_fit_rows,
-    estimator_calibrator,
-)
-from ._fit_setup import build_renderer, check_descriptions, content_free_log_mass, fit_scores
+from . import _estimator_backend as _backend
+from . import _fit_calibration as _cal
+from . import _fit_setup as _setup
 from ._parameters import PARAMETER_CONSTRAINTS
 from ._scoring_pass import score_prompts
 from ._secrets import SecretParam, SecretURLParam
@@ -179,9 +167,8 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         Turns completions into class log-masses: exact (the backend scores whole answers) or
         top-k (summed from the top tokens).
     calibrator_ : skllmprob.calibrators.Calibrator
-        The fitted calibration: ``calibrator_.predict_proba(log_mass)`` and
-        ``calibrator_.predict(log_mass)`` (class indices) on the ``log_mass`` of
-        :meth:`score_texts`; the next four attributes are read-only views of it.
+        The fitted calibration: ``predict_proba(log_mass)`` and ``predict(log_mass)`` (class
+        indices) on the ``log_mass`` of :meth:`score_texts`; the next four are views of it.
     backend_ : Backend
         The backend ``fit`` used. After a change of ``backend``, ``model``, ``base_url``,
         ``endpoint``, ``backend_options`` or ``descriptions``, predictions raise
@@ -296,16 +283,16 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         return tags
 
     def __getstate__(self):
-        return state_without_key(super().__getstate__())  # the key never enters a pickle
+        return _backend.state_without_key(super().__getstate__())  # the key never enters a pickle
 
     def __setstate__(self, state):
-        state, api_key = split_key(state)
+        state, api_key = _backend.split_key(state)
         super().__setstate__(state)
         self.api_key = api_key
 
     def _make_backend(self) -> Backend:
         """The backend settings object for the current parameters (cheap)."""
-        return backend_of(self)
+        return _backend.backend_of(self)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X=None, y=None, sample_weight=None):
@@ -325,27 +312,27 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         -------
         self : LogprobClassifier
         """
-        check_calibration_name(self.calibration)
-        zero_shot, table, y_arr = check_fit_rows(self, X, y)
+        _cal.check_calibration_name(self.calibration)
+        zero_shot, table, y_arr = _cal.check_fit_rows(self, X, y)
         order, words = label_spec(self.labels, y_arr)
         self.classes_ = sorted_classes(order)
         self.backend_ = self._make_backend()
-        self._answer_settings_ = answer_settings(self)
+        self._answer_settings_ = _backend.answer_settings(self)
         answers = [words[c] for c in self.classes_]
         self.scorer_, self.uses_option_codes_ = make_scorer(
             self.backend_, answers, self.option_codes
         )
         self.answers_ = np.asarray(self.scorer_.answers, dtype=object)
-        descriptions = check_descriptions(self.descriptions, self.classes_, self.answers_)
+        descriptions = _setup.check_descriptions(self.descriptions, self.classes_, self.answers_)
         set_features(self, X, table)
-        self.prompt_renderer_ = build_renderer(self, order, words, descriptions)
+        self.prompt_renderer_ = _setup.build_renderer(self, order, words, descriptions)
         self.usage_ = UsageTracker()
 
-        calibrator = estimator_calibrator(self, labelled=len(y_arr) > 0)
-        scores = fit_scores(self, None if zero_shot else table, y_arr, sample_weight)
+        calibrator = _cal.estimator_calibrator(self, labelled=len(y_arr) > 0)
+        scores = _setup.fit_scores(self, None if zero_shot else table, y_arr, sample_weight)
         self.coverage_, self.other_tokens_ = scores.coverage, scores.other_tokens
         if calibrator.needs_content_free:
-            calibrator.set_params(content_free_log_mass=content_free_log_mass(self, table))
+            calibrator.set_params(content_free_log_mass=_setup.content_free_log_mass(self, table))
         self.calibrator_ = calibrator.fit(scores.log_mass, scores.y_idx, scores.sample_weight)
         return self
 
@@ -353,10 +340,10 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
     temperature_ = _calibrator_view("temperature_", "The temperature of ``calibrator_``.")
     threshold_ = _calibrator_view("threshold_", "The decision threshold of ``calibrator_``.")
     calibration_chosen_ = _calibrator_view(
-        calibration_chosen, "The method in use and its penalty (``auto``: its choice)."
+        _cal.calibration_chosen, "The method in use and its penalty (``auto``: its choice)."
     )
     calibration_cv_results_ = _calibrator_view(
-        calibration_cv_results, "The cross-validation table of ``calibration='auto'``."
+        _cal.calibration_cv_results, "The cross-validation table of ``calibration='auto'``."
     )
 
     @property
@@ -396,7 +383,7 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         prompts = render_table(self.prompt_renderer_, check_X(self, X))
-        scored = score_prompts(self, prompts, fitted_backend(self))
+        scored = score_prompts(self, prompts, _backend.fitted_backend(self))
         return TextScores.from_log_mass(scored.log_mass, scored.floored, replace(scored.usage))
 
     def cache_info(self):
