@@ -17,6 +17,8 @@ from .labels import check_pos_label
 __all__ = [
     "DOMAIN_CONTEXT",
     "calibration_chosen",
+    "calibration_cv_results",
+    "check_calibration_name",
     "check_fit_rows",
     "content_free_items",
     "estimator_calibrator",
@@ -24,6 +26,16 @@ __all__ = [
 
 #: The ``content_free=`` value that draws content-free inputs from the fit texts.
 DOMAIN_CONTEXT = "domain-context"
+
+
+def check_calibration_name(name) -> None:
+    """Raise unless ``name`` is a registered calibration method (registered after
+    import, too)."""
+    if name not in CALIBRATORS:
+        raise ConfigurationError(
+            "The 'calibration' parameter of LogprobClassifier must be one of "
+            f"{list(CALIBRATORS)}; got {name!r}."
+        )
 
 
 def estimator_calibrator(est, *, labelled: bool) -> Calibrator:
@@ -100,3 +112,13 @@ def calibration_chosen(calibrator: Calibrator) -> dict:
     if chosen is not None:
         return dict(chosen)
     return {"method": calibrator.name, "alpha": getattr(calibrator, "alpha", None)}
+
+
+def calibration_cv_results(calibrator: Calibrator) -> dict:
+    """The cross-validation table of a calibrator fitted by ``"auto"``."""
+    results = getattr(calibrator, "cv_results_", None)
+    if results is None:
+        raise AttributeError(
+            "calibration_cv_results_ exists only after fit with calibration='auto'."
+        )
+    return results

@@ -76,60 +76,70 @@ def as_table(X: Any, *, name: str = "X") -> _Table:
             "themselves (a list, array or pandas Series of str)."
         )
     if hasattr(X, "columns") and hasattr(X, "iloc"):  # a DataFrame
-        # Like scikit-learn, only string column names count as feature names.
-        names = np.asarray(X.columns, dtype=object)
-        if all(isinstance(c, str) for c in X.columns):
-            columns = list(X.columns)
-        else:
-            columns, names = [f"x{j}" for j in range(X.shape[1])], None
-        rows = [tuple(r) for r in X.itertuples(index=False, name=None)]
-        table = _Table(columns=columns, rows=rows, feature_names=names)
+        table = _frame_table(X)
     else:
-        if hasattr(X, "to_numpy") and getattr(X, "ndim", 1) == 1:  # a Series
-            X = X.to_numpy(dtype=object)
-        elif not isinstance(X, np.ndarray | list | tuple) and hasattr(X, "__array__"):
-            X = np.asarray(X)
-        if isinstance(X, np.ndarray):
-            if X.ndim == 0:
-                raise InputError(f"{name} is a scalar array; pass a list of texts.")
-            if X.ndim > 2:
-                raise InputError(
-                    f"{name} has {X.ndim} dimensions; pass a 1-D list of texts or a 2-D table."
-                )
-            arr = X
-        else:
-            try:
-                seq = list(X)
-            except TypeError as e:
-                raise InputError(
-                    f"{name} of type {type(X).__name__} is not a sequence of texts."
-                ) from e
-            if seq and all(isinstance(r, list | tuple | np.ndarray) for r in seq):
-                lengths = {len(r) for r in seq}
-                if len(lengths) != 1:
-                    raise InputError(
-                        f"{name} is a ragged nested list (rows of lengths "
-                        f"{sorted(lengths)}); every row of a table needs the same "
-                        "number of columns."
-                    )
-                arr = np.empty((len(seq), lengths.pop()), dtype=object)
-                for i, r in enumerate(seq):
-                    arr[i, :] = list(r)
-            else:
-                arr = np.empty(len(seq), dtype=object)
-                arr[:] = seq
-        if arr.ndim == 1:
-            table = _Table(texts=list(arr))
-        else:
-            if arr.shape[1] == 0:
-                raise InputError(
-                    f"{name} has 0 feature(s) (shape={arr.shape}) while a minimum of 1 is "
-                    "required: it has no columns."
-                )
-            columns = [f"x{j}" for j in range(arr.shape[1])]
-            table = _Table(columns=columns, rows=[tuple(r) for r in arr.tolist()])
+        table = _array_table(_as_array(X, name), name)
     _check_cells(table, name)
     return table
+
+
+def _frame_table(X) -> _Table:
+    """A DataFrame's rows; like scikit-learn, only string column names count as
+    feature names."""
+    names = np.asarray(X.columns, dtype=object)
+    if all(isinstance(c, str) for c in X.columns):
+        columns = list(X.columns)
+    else:
+        columns, names = [f"x{j}" for j in range(X.shape[1])], None
+    rows = [tuple(r) for r in X.itertuples(index=False, name=None)]
+    return _Table(columns=columns, rows=rows, feature_names=names)
+
+
+def _as_array(X, name: str) -> np.ndarray:
+    """``X`` (a Series, an array, a sequence of texts or of rows) as a 1-D or 2-D
+    array."""
+    if hasattr(X, "to_numpy") and getattr(X, "ndim", 1) == 1:  # a Series
+        X = X.to_numpy(dtype=object)
+    elif not isinstance(X, np.ndarray | list | tuple) and hasattr(X, "__array__"):
+        X = np.asarray(X)
+    if isinstance(X, np.ndarray):
+        if X.ndim == 0:
+            raise InputError(f"{name} is a scalar array; pass a list of texts.")
+        if X.ndim > 2:
+            raise InputError(
+                f"{name} has {X.ndim} dimensions; pass a 1-D list of texts or a 2-D table."
+            )
+        return X
+    try:
+        seq = list(X)
+    except TypeError as e:
+        raise InputError(f"{name} of type {type(X).__name__} is not a sequence of texts.") from e
+    if seq and all(isinstance(r, list | tuple | np.ndarray) for r in seq):
+        lengths = {len(r) for r in seq}
+        if len(lengths) != 1:
+            raise InputError(
+                f"{name} is a ragged nested list (rows of lengths {sorted(lengths)}); every "
+                "row of a table needs the same number of columns."
+            )
+        arr = np.empty((len(seq), lengths.pop()), dtype=object)
+        for i, r in enumerate(seq):
+            arr[i, :] = list(r)
+        return arr
+    arr = np.empty(len(seq), dtype=object)
+    arr[:] = seq
+    return arr
+
+
+def _array_table(arr: np.ndarray, name: str) -> _Table:
+    if arr.ndim == 1:
+        return _Table(texts=list(arr))
+    if arr.shape[1] == 0:
+        raise InputError(
+            f"{name} has 0 feature(s) (shape={arr.shape}) while a minimum of 1 is "
+            "required: it has no columns."
+        )
+    columns = [f"x{j}" for j in range(arr.shape[1])]
+    return _Table(columns=columns, rows=[tuple(r) for r in arr.tolist()])
 
 
 def _check_cells(table: _Table, name: str) -> None:

@@ -31,7 +31,8 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import log_softmax, softmax
 
-from .calibration import _LOG_T_BOUNDS, _T_PENALTY, DEFAULT_ALPHA, log_normalize
+from .calibration import DEFAULT_ALPHA, log_normalize
+from .calibration.offsets import _LOG_T_BOUNDS, _T_PENALTY
 
 __all__ = [
     "apply_vector_offsets",

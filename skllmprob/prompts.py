@@ -122,7 +122,13 @@ def template_row_fields(template: str) -> tuple[str, ...]:
     return tuple(seen)
 
 
-def format_label_list(answers: Sequence[str], names: Sequence[str] | None = None) -> str:
+def format_label_list(
+    answers: Sequence[str],
+    names: Sequence[str] | None = None,
+    descriptions: Sequence[str | None] | None = None,
+    *,
+    lines: bool = False,
+) -> str:
     """Render the ``{labels}`` field.
 
     Parameters
@@ -131,6 +137,11 @@ def format_label_list(answers: Sequence[str], names: Sequence[str] | None = None
         What the model should answer for each class, in prompt order.
     names : sequence of str, optional
         The class names, when the answers are option codes.
+    descriptions : sequence of str or None, optional
+        One line describing each class (``None`` or ``""``: none).
+    lines : bool, default=False
+        One ``- answer: description`` line per class instead of a comma-separated
+        list (for a ``{labels}`` field on a line of its own).
 
     Examples
     --------
@@ -138,10 +149,45 @@ def format_label_list(answers: Sequence[str], names: Sequence[str] | None = None
     'positive, negative'
     >>> format_label_list(["A", "B"], names=["very good", "very bad"])
     'A (very good), B (very bad)'
+    >>> format_label_list(["positive", "negative"], descriptions=["likes the film", None])
+    'positive (likes the film), negative'
+    >>> print(format_label_list(["A", "B"], ["good", "bad"], ["likes it", "hates it"], lines=True))
+    - A (good): likes it
+    - B (bad): hates it
     """
-    if names is None:
-        return ", ".join(answers)
-    return ", ".join(f"{a} ({n})" for a, n in zip(answers, names, strict=True))
+    n = len(answers)
+    names = [None] * n if names is None else list(names)
+    descriptions = [None] * n if descriptions is None else list(descriptions)
+    if not (len(names) == len(descriptions) == n):
+        raise ValueError("answers, names and descriptions must have the same length")
+    entries = []
+    for answer, name, line in zip(answers, names, descriptions, strict=True):
+        entry = answer if name is None else f"{answer} ({name})"
+        if lines:
+            entries.append(f"- {entry}: {line}" if line else f"- {entry}")
+        elif line:
+            entries.append(f"{answer} ({line})" if name is None else f"{answer} ({name}: {line})")
+        else:
+            entries.append(entry)
+    return ("\n" if lines else ", ").join(entries)
+
+
+#: The internal field name of a ``{labels}`` field on a line of its own (rendered
+#: one class per line when the classes have descriptions).
+_LABEL_LINES = "labels\n"
+
+
+def _mark_label_lines(pieces: list) -> list:
+    """``pieces`` with each ``{labels}`` field that has a line of its own renamed
+    :data:`_LABEL_LINES`."""
+    out = list(pieces)
+    for i, (literal, field, conv, spec) in enumerate(pieces):
+        after = pieces[i + 1][0] if i + 1 < len(pieces) else ""
+        alone_before = literal.endswith("\n") or (i == 0 and literal == "")
+        alone_after = after.startswith("\n") or i + 1 == len(pieces)
+        if field == "labels" and alone_before and alone_after:
+            out[i] = (literal, _LABEL_LINES, conv, spec)
+    return out
 
 
 _CLOSING_TAG = re.compile(r"\s*</\s*([A-Za-z][\w.:-]*)\s*>")
@@ -187,6 +233,58 @@ def _format_value(value: object, conversion: str | None, spec: str) -> str:
     return value if isinstance(value, str) else str(value)
 
 
+def _split_sections(pieces: list, row_fields: tuple[str, ...]) -> tuple[list, list]:
+    """``(head, row)``: the pieces before the row section (instructions, label list,
+    the place of the examples) and the row section."""
+    first_row = next(i for i, p in enumerate(pieces) if p[1] in row_fields)
+    ex_idx = next((i for i, p in enumerate(pieces) if p[1] == "examples"), None)
+    if ex_idx is not None and ex_idx > first_row:
+        raise ConfigurationError(
+            "prompt places '{examples}' after a row field; put it before the text."
+        )
+    if ex_idx is not None:
+        head = [*pieces[:ex_idx], (pieces[ex_idx][0], None, None, "")]
+        row = pieces[ex_idx + 1 :]
+    else:
+        # The row section starts at the line that holds the first row field.
+        lit = pieces[first_row][0]
+        cut = lit.rfind("\n") + 1
+        head = [*pieces[:first_row], (lit[:cut], None, None, "")]
+        row = [(lit[cut:], *pieces[first_row][1:]), *pieces[first_row + 1 :]]
+    if any(p[1] == "examples" for p in row):
+        raise ConfigurationError(
+            "prompt uses '{examples}' after the text; put the examples before the text."
+        )
+    return head, row
+
+
+def _bake_labels(row: list, label_texts: dict[str, str]) -> list:
+    """The row section with its (constant) label lists baked into the literals."""
+    baked: list = []
+    carry = ""
+    for literal, field, conv, spec in row:
+        if field in label_texts:
+            carry += literal + _format_value(label_texts[field], conv, spec)
+        else:
+            baked.append((carry + literal, field, conv, spec))
+            carry = ""
+    if carry:
+        baked.append((carry, None, None, ""))
+    return baked
+
+
+def _render_fixed(pieces: list, label_texts: dict[str, str]) -> str:
+    """The text of pieces without row fields."""
+    out = []
+    for literal, field, conv, spec in pieces:
+        out.append(literal)
+        if field in label_texts:
+            out.append(_format_value(label_texts[field], conv, spec))
+        elif field is not None:
+            raise AssertionError(field)
+    return "".join(out)
+
+
 class PromptRenderer:
     """A compiled prompt template.
 
@@ -200,6 +298,10 @@ class PromptRenderer:
         Class names shown beside option codes.
     examples : sequence of (mapping, str), optional
         Few-shot examples: the row's fields and the answer the model should give.
+    descriptions : sequence of str or None, optional
+        One line describing each class of ``labels`` (``None``: none), written into
+        the label list: ``positive (likes it)``, or one ``- positive: likes it`` line
+        per class when ``{labels}`` has a line of its own in the template.
 
     Attributes
     ----------
@@ -207,6 +309,18 @@ class PromptRenderer:
         The fields each row must fill.
     prefix : str
         The constant part shared by every prompt.
+
+    Examples
+    --------
+    >>> r = PromptRenderer("Labels:\\n{labels}\\n\\nText: {text}\\nAnswer:",
+    ...                    labels=["positive", "negative"], descriptions=["likes it", None])
+    >>> print(r.render_one({"text": "a gem"}))
+    Labels:
+    - positive: likes it
+    - negative
+    <BLANKLINE>
+    Text: a gem
+    Answer:
     """
 
     def __init__(
@@ -216,6 +330,7 @@ class PromptRenderer:
         labels: Sequence[str],
         label_names: Sequence[str] | None = None,
         examples: Sequence[tuple[Mapping[str, object], str]] = (),
+        descriptions: Sequence[str | None] | None = None,
     ) -> None:
         pieces = _parse(template)
         self.template = template
@@ -225,51 +340,14 @@ class PromptRenderer:
                 "prompt has no field for the text: add '{text}' (or the names of the "
                 "columns of X) where the text goes."
             )
-        label_text = format_label_list(labels, label_names)
-
-        # Split into: head (before the row section), row section.
-        first_row = next(i for i, p in enumerate(pieces) if p[1] in self.row_fields)
-        ex_idx = next((i for i, p in enumerate(pieces) if p[1] == "examples"), None)
-        if ex_idx is not None and ex_idx > first_row:
-            raise ConfigurationError(
-                "prompt places '{examples}' after a row field; put it before the text."
+        label_texts = {"labels": format_label_list(labels, label_names, descriptions)}
+        if descriptions is not None and any(descriptions):
+            pieces = _mark_label_lines(pieces)
+            label_texts[_LABEL_LINES] = format_label_list(
+                labels, label_names, descriptions, lines=True
             )
-        if ex_idx is not None:
-            head = [*pieces[:ex_idx], (pieces[ex_idx][0], None, None, "")]
-            row = pieces[ex_idx + 1 :]
-        else:
-            # The row section starts at the line that holds the first row field.
-            lit = pieces[first_row][0]
-            cut = lit.rfind("\n") + 1
-            head = [*pieces[:first_row], (lit[:cut], None, None, "")]
-            row = [(lit[cut:], *pieces[first_row][1:]), *pieces[first_row + 1 :]]
-        if any(p[1] == "examples" for p in row):
-            raise ConfigurationError(
-                "prompt uses '{examples}' after the text; put the examples before the text."
-            )
-        # The label list is constant: bake it into the row part's literal text.
-        baked: list = []
-        carry = ""
-        for literal, field, conv, spec in row:
-            if field == "labels":
-                carry += literal + _format_value(label_text, conv, spec)
-            else:
-                baked.append((carry + literal, field, conv, spec))
-                carry = ""
-        if carry:
-            baked.append((carry, None, None, ""))
-        row = baked
-
-        def render_fixed(ps: list) -> str:
-            out = []
-            for literal, field, conv, spec in ps:
-                out.append(literal)
-                if field == "labels":
-                    out.append(_format_value(label_text, conv, spec))
-                elif field is not None:
-                    raise AssertionError(field)
-            return "".join(out)
-
+        head, row = _split_sections(pieces, self.row_fields)
+        row = _bake_labels(row, label_texts)
         # A row field directly followed by a closing tag has its value escaped.
         following = [nxt[0] for nxt in [*row[1:], ("",)]]
         self._guards = [
@@ -277,7 +355,6 @@ class PromptRenderer:
             for (_, field, _, _), nxt in zip(row, following, strict=True)
         ]
         self._row = row
-        head_text = render_fixed(head)
         tail = row[-1][0] if row[-1][1] is None else ""
         # Examples answer after the cue; add a space unless the cue ends in one.
         self.answer_separator = "" if (tail and tail[-1].isspace()) else " "
@@ -287,7 +364,7 @@ class PromptRenderer:
         )
         # The constant prefix runs up to the first row field; after it, each row
         # field is followed by the literal text that comes next in the template.
-        self.prefix = head_text + example_text + row[0][0]
+        self.prefix = _render_fixed(head, label_texts) + example_text + row[0][0]
         self._rest = [
             (field, conv, spec, nxt, guard)
             for (_, field, conv, spec), nxt, guard in zip(

@@ -373,7 +373,7 @@ def test_score_texts_is_the_one_pass_behind_every_predict_method(reviews, exact)
 
 
 def test_each_predict_method_makes_one_pass(reviews, monkeypatch):
-    from skllmprob import _engine, classifier
+    from skllmprob import _engine, _scoring_pass
 
     texts, labels = reviews
     clf = make(cache=False).fit(texts, labels)
@@ -383,7 +383,7 @@ def test_each_predict_method_makes_one_pass(reviews, monkeypatch):
         calls.append(1)
         return _engine.fetch_completions(*args, **kwargs)
 
-    monkeypatch.setattr(classifier, "fetch_completions", counting)
+    monkeypatch.setattr(_scoring_pass, "fetch_completions", counting)
     for method in ("predict", "predict_proba", "predict_log_proba", "predict_coverage"):
         calls.clear()
         getattr(clf, method)(texts)

@@ -827,3 +827,56 @@ def test_context_overflow_advice_names_the_option(files, monkeypatch):
     line = error_line(err)
     assert "Pass a larger context, e.g. --backend-option n_ctx=8192 (the model" in line
     assert "backend_options" not in line
+
+
+def test_descriptions_file_reaches_the_prompt_and_the_saved_model(files):
+    write_csv(
+        files / "desc.csv",
+        ["label", "description"],
+        [("positive", "the reviewer liked it"), ("negative", "the reviewer did not")],
+    )
+    model = files / "m.joblib"
+    code, _, err = run_main(
+        "fit", files / "train.csv", "-o", model, "--descriptions", files / "desc.csv", *DET
+    )
+    assert code == 0, err
+    clf = joblib.load(model)
+    assert clf.descriptions == {
+        "positive": "the reviewer liked it",
+        "negative": "the reviewer did not",
+    }
+    (prompt,) = clf.render_prompts(["fine"])
+    assert "negative (the reviewer did not), positive (the reviewer liked it)" in prompt
+    code, out, err = run_main(
+        "classify", files / "reviews.csv", "--labels", "positive", "negative",
+        "--descriptions", files / "desc.csv", "--no-cache", *DET,
+    )  # fmt: skip
+    assert code == 0, err
+    got = [[float(r["proba_negative"]), float(r["proba_positive"])] for r in read_rows(out)]
+    same = LogprobClassifier(
+        labels=["positive", "negative"],
+        descriptions=clf.descriptions,
+        backend="deterministic",
+        cache=False,
+    ).fit(None, None)
+    np.testing.assert_allclose(got, same.predict_proba([t for t, _ in TEST]), atol=1e-5)
+    plain = same.set_params(descriptions=None).fit(None, None)
+    assert not np.allclose(got, plain.predict_proba([t for t, _ in TEST]), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([("neutral", "neither")], "descriptions has entries for ['neutral'], which are not"),
+        ([("positive", "a"), ("positive", "b")], "line 3: the label 'positive' is described"),
+    ],
+)
+def test_bad_descriptions_file_is_one_error_line_before_any_request(files, rows, message):
+    write_csv(files / "desc.csv", ["label", "description"], rows)
+    code, _, err = run_main(
+        "classify", files / "reviews.csv", "--labels", "positive", "negative",
+        "--descriptions", files / "desc.csv", "--backend", "openai", "--model", "m",
+        "--base-url", "http://127.0.0.1:9/v1",
+    )  # fmt: skip
+    assert code != 0
+    assert message in error_line(err)

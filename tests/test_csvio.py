@@ -77,3 +77,31 @@ def test_check_writable_and_atomic_write(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "out.csv").stat().st_mode & 0o777 == 0o644 & ~umask
+
+
+def test_the_prompt_file_and_the_csv_files_share_one_reader(tmp_path, monkeypatch):
+    from skllmprob.cli.csvio import read_text_file
+    from skllmprob.cli.inputs import read_prompt
+
+    with pytest.raises(InputError, match=r"^nope\.txt: no such file \(--prompt-file\)\.$"):
+        read_prompt("nope.txt")
+    with pytest.raises(InputError, match=r"is a folder, not a prompt file \(--prompt-file\)\.$"):
+        read_prompt(str(tmp_path))
+    with pytest.raises(InputError, match=r"is a folder, not a CSV file\.$"):
+        read_csv(tmp_path)
+    latin = tmp_path / "p.txt"
+    latin.write_bytes(b"Labels: {labels}\ncaf\xe9 {text}\n")
+    with pytest.raises(
+        InputError,
+        match=r"p\.txt is not UTF-8 text \(byte 0xe9 on line 2\); save it as UTF-8 "
+        r"\(--prompt-file\)\.$",
+    ):
+        read_prompt(str(latin))
+    good = tmp_path / "good.txt"
+    good.write_bytes(b"\xef\xbb\xbfLabels: {labels}\n{text}\n")
+    assert read_prompt(str(good)) == "Labels: {labels}\n{text}"  # BOM and final newline dropped
+    # "-" is standard input for the CSV files only
+    assert read_text_file("-", "a CSV file", stdin=io.StringIO("a,b\n")) == "a,b\n"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=r"^-: no such file \(--prompt-file\)\.$"):
+        read_prompt("-")

@@ -143,3 +143,39 @@ def test_braces_and_cues_in_a_text_are_plain_text():
     text = "{labels} {examples} {text} {0}\nCategory: positive\n\n<text>great"
     (out,) = r.render_texts([text])
     assert out == r.prefix + text + "</text>\nCategory:"  # verbatim; the cue still ends it
+
+
+@pytest.mark.parametrize(
+    ("template", "expected_head"),
+    [
+        # inline: in a sentence
+        ("Pick {labels}.\n{text}\nA:", "Pick yes (agrees), no.\n"),
+        # a line of its own, at the start and in the middle
+        ("{labels}\n\n{text}\nA:", "- yes: agrees\n- no\n\n"),
+        ("Options:\n{labels}\nText: {text}\nA:", "Options:\n- yes: agrees\n- no\n"),
+        # text after it on the same line: inline
+        ("Options:\n{labels} (pick one)\n{text}\nA:", "Options:\nyes (agrees), no (pick one)\n"),
+    ],
+)
+def test_descriptions_follow_the_place_of_the_label_list(template, expected_head):
+    r = PromptRenderer(template, labels=["yes", "no"], descriptions=["agrees", None])
+    assert r.prefix.startswith(expected_head)
+    assert r.render_one({"text": "t"}).startswith(expected_head)
+
+
+def test_without_descriptions_the_label_list_is_unchanged():
+    template = "Options:\n{labels}\nText: {text}\nA:"
+    plain = PromptRenderer(template, labels=["yes", "no"])
+    assert PromptRenderer(template, labels=["yes", "no"], descriptions=[None, ""]).prefix == (
+        plain.prefix
+    )
+    assert plain.prefix == "Options:\nyes, no\nText: "
+
+
+def test_label_list_after_the_text_gets_descriptions_too():
+    r = PromptRenderer(
+        "{text}\nAnswer with one of:\n{labels}",
+        labels=["a", "b"],
+        descriptions=["first", "second"],
+    )
+    assert r.render_one({"text": "t"}) == "t\nAnswer with one of:\n- a: first\n- b: second"

@@ -40,6 +40,7 @@ __all__ = [
     "check_writable",
     "display_name",
     "read_csv",
+    "read_text_file",
     "replace_keeping_mode",
     "write_csv",
 ]
@@ -98,24 +99,67 @@ class CsvTable:
         return [row[j] for row in self.rows]
 
 
-def _read_bytes(path: str, stdin: TextIO | None) -> bytes:
-    if path == STDIO:
+def read_text_file(
+    path: str | os.PathLike,
+    what: str,
+    *,
+    option: str | None = None,
+    stdin: TextIO | None = None,
+    stdio: bool = True,
+) -> str:
+    """The text of a file the command reads, decoded as UTF-8 (a byte-order mark
+    dropped), or an :class:`~skllmprob.exceptions.InputError` naming the file.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file; with ``stdio``, ``"-"`` is standard input.
+    what : str
+        What the file should be, for the messages (``"a CSV file"``).
+    option : str, optional
+        The option that names the file, added to the messages (``"--prompt-file"``).
+    stdin : text stream, optional
+        Standard input to read for ``"-"`` (default: :data:`sys.stdin`).
+    stdio : bool, default=True
+        Whether ``"-"`` means standard input.
+
+    Examples
+    --------
+    >>> read_text_file("nope.txt", "a prompt file", option="--prompt-file")
+    Traceback (most recent call last):
+    ...
+    skllmprob.exceptions.InputError: nope.txt: no such file (--prompt-file).
+    """
+    path = os.fspath(path)
+    fix = f" ({option})" if option else ""
+    if stdio and path == STDIO:
         stream = sys.stdin if stdin is None else stdin
         buffer = getattr(stream, "buffer", None)
-        if buffer is not None:
-            return buffer.read()
-        return stream.read().encode("utf-8")
+        data = buffer.read() if buffer is not None else stream.read().encode("utf-8")
+    else:
+        data = _read_bytes(path, what, fix)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise InputError(
+            f"{display_name(path) if stdio else path} is not UTF-8 text (byte "
+            f"{data[e.start]:#04x} on line {line}); save it as UTF-8{fix}."
+        ) from e
+
+
+def _read_bytes(path: str, what: str, fix: str) -> bytes:
     p = Path(path)
     if p.is_dir():
-        raise InputError(f"{path} is a folder, not a CSV file.")
+        raise InputError(f"{path} is a folder, not {what}{fix}.")
     try:
         return p.read_bytes()
     except FileNotFoundError as e:
-        raise InputError(f"{path}: no such file.") from e
+        raise InputError(f"{path}: no such file{fix}.") from e
     except PermissionError as e:
-        raise InputError(f"{path}: permission denied.") from e
+        raise InputError(f"{path}: permission denied{fix}.") from e
     except OSError as e:
-        raise InputError(f"cannot read {path}: {e.strerror or e}.") from e
+        raise InputError(f"cannot read {path}: {e.strerror or e}{fix}.") from e
 
 
 @contextlib.contextmanager
@@ -146,17 +190,8 @@ def read_csv(path: str | os.PathLike, *, stdin: TextIO | None = None) -> CsvTabl
     -------
     CsvTable
     """
-    path = os.fspath(path)
     name = display_name(path)
-    data = _read_bytes(path, stdin)
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise InputError(
-            f"{name} is not UTF-8 text (byte {data[e.start]:#04x} on line {line}); save it "
-            "as UTF-8."
-        ) from e
+    text = read_text_file(path, "a CSV file", stdin=stdin)
     if not text.strip():
         raise InputError(f"{name} is empty; it needs a header row and at least one row.")
     if "\x00" in text:

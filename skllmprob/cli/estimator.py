@@ -27,7 +27,7 @@ import numpy as np
 
 from ..exceptions import InputError
 from .csvio import CsvTable, replace_keeping_mode
-from .inputs import UsageError
+from .inputs import UsageError, read_descriptions
 from .run import Run
 
 __all__ = [
@@ -88,6 +88,7 @@ def build_classifier(run: Run, *, labels, prompt, examples, calibration, scoring
         "top_logprobs": args.top_logprobs,
         "option_codes": args.option_codes,
         "backend_options": dict(args.backend_option) or None,
+        "descriptions": read_descriptions(getattr(args, "descriptions", None)),
     }
     if scoring is not None:
         params["scoring"] = scoring

@@ -20,11 +20,10 @@ skllmprob.exceptions.InputError: train.csv line 3: unknown label 'neg', not one 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..exceptions import InputError, SkllmprobError
-from .csvio import CsvTable, read_csv
+from .csvio import CsvTable, read_csv, read_text_file
 
 __all__ = [
     "UsageError",
@@ -33,6 +32,7 @@ __all__ = [
     "check_text_column",
     "features",
     "labelled",
+    "read_descriptions",
     "read_examples",
     "read_input",
     "read_prompt",
@@ -49,15 +49,7 @@ def read_prompt(path: str | None) -> str | None:
     """The template of ``--prompt-file`` (its final newline dropped), or ``None``."""
     if path is None:
         return None
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError as e:
-        raise InputError(f"{path}: no such file (--prompt-file).") from e
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path} is not UTF-8 text (--prompt-file).") from e
-    except OSError as e:
-        raise InputError(f"cannot read {path}: {e.strerror or e} (--prompt-file).") from e
+    text = read_text_file(path, "a prompt file", option="--prompt-file", stdio=False)
     if text.endswith("\n"):
         text = text[:-1]
         if text.endswith("\r"):
@@ -204,3 +196,22 @@ def read_examples(args, fields, labels: list[str] | None, source: str = "--label
     if labels is None:
         labels = sorted(set(y))
     return examples, labels
+
+
+def read_descriptions(path: str | None) -> dict[str, str] | None:
+    """``--descriptions``: a CSV file of labels (column ``label``) and one line about
+    each (column ``description``), or ``None``. Labels that are no class are
+    rejected by the classifier's ``fit``, before any request."""
+    if path is None:
+        return None
+    table = read_csv(path, stdin=None)
+    lines = table.column("description")
+    out: dict[str, str] = {}
+    for label, line, n in zip(table.column("label"), lines, table.lines, strict=True):
+        if label in out:
+            raise InputError(
+                f"{table.name} line {n}: the label {label!r} is described twice; keep one "
+                "row per label (--descriptions)."
+            )
+        out[label] = line
+    return out

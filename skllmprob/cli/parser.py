@@ -248,6 +248,12 @@ def _prompt_options(*, label_column: bool) -> argparse.ArgumentParser:
         metavar="NAME",
         help="the label column of --examples (default: label)",
     )
+    g.add_argument(
+        "--descriptions",
+        metavar="CSV",
+        help="one line about each label, written into the prompt's label list: a CSV "
+        "file with the columns 'label' and 'description'",
+    )
     return p
 
 

@@ -261,6 +261,8 @@ def test_wrong_kind_of_model_through_the_estimator(stub, model, backend, message
 def test_descriptions_are_checked_on_every_backend():
     clf = LogprobClassifier(
         backend="deterministic", labels=["yes", "no"], descriptions={"maybe": "x"}, cache=False
-    ).fit(None, None)
-    with pytest.raises(ConfigurationError, match="not classes"):
-        clf.predict_proba(["a text"])
+    )
+    with pytest.raises(
+        ConfigurationError, match=r"not classes \(the classes are \['no', 'yes'\]\)"
+    ):
+        clf.fit(None, None)  # checked in fit, before any request
