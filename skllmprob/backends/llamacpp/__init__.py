@@ -16,10 +16,12 @@ Exact scores
       ``" positive"``, ``"Positive"``, ``"POSITIVE"`` ... all count);
     - a variant that takes several tokens (``" very positive"``, ``"Sci/Tech"``)
       is scored as a sequence probability by teacher forcing its tokens after the
-      prompt, reusing the prompt's KV cache: only the label tokens are evaluated,
-      and variants that share leading tokens share their evaluation. Variants
-      whose first token is already negligible (``label_prune``, relative) are not
-      teacher-forced.
+      prompt, reusing the prompt's KV cache: only the label tokens are evaluated.
+      The variants' token prefixes form a trie, each node evaluated once, a
+      whole level of the trie per decode call (each branch its own llama.cpp
+      sequence sharing the prompt's cache cells, :mod:`.trie`). Prefixes that are
+      already negligible (``label_prune``, relative) are not expanded; the
+      error this can cause is bounded by their summed probability.
 
     When one token sequence is a proper prefix of another (``"sport"`` as one
     token and ``"sports"`` as ``"sport" + "s"``, or a class ``"very"`` beside a
@@ -132,7 +134,8 @@ from __future__ import annotations
 #   files       optional imports, the embedded model's path, GGUF checks, fingerprints
 #   model       LoadedModel: the model, context, vocabulary and decode calls of a process
 #   evaluation  the prompts of a call: shared prefix, one or several texts per decode
-#   exact       the token sequences of each answer, exact class masses, teacher forcing
+#   exact       the token sequences of each answer, exact class masses, softmax maths
+#   trie        multi-token answers teacher-forced as a trie, level by level, pruning
 #   threads     the default number of threads (n_threads=None)
 from .exact import MAX_OUTPUTS as MAX_OUTPUTS
 from .files import INSTALL_HINT, default_model_path

@@ -64,7 +64,7 @@ class LabelTrie:
 def build_trie(seqs: list[tuple[int, ...]]) -> LabelTrie:
     """The :class:`LabelTrie` of the listed token sequences ``seqs``."""
     index: dict[tuple[int, ...], int] = {}
-    prefixes = sorted({s[:d] for s in seqs for d in range(1, len(s))}, key=len)
+    prefixes = sorted({s[:d] for s in seqs for d in range(1, len(s))}, key=lambda p: (len(p), p))
     for p in prefixes:
         index[p] = len(index)
     n = len(prefixes)
