@@ -19,9 +19,14 @@ from .threads import process_n_threads
 
 __all__ = ["MAX_SEQUENCES", "MIN_DECODE_TOKENS", "LoadedModel"]
 
-#: The sequences of a context (llama.cpp's limit, LLAMA_MAX_SEQ): the prefix, the
-#: texts, padding, and the branches of label tries (:mod:`.trie`).
+#: The sequences of a context: the prefix, the texts, padding, and the branches
+#: of label tries (:mod:`.trie`). llama.cpp allows 256 (LLAMA_MAX_SEQ), but it
+#: sizes the logits buffer for one row per sequence (1 MB each for Gemma 3's
+#: vocabulary; 256 took 260 MB more at load, 64 about 30 MB).
 MAX_SEQUENCES = 64
+
+#: The fewest branch sequences a context keeps (with a large ``n_parallel``).
+MIN_BRANCHES = 16
 
 #: Decode calls of fewer tokens are padded to this many: llama.cpp's CPU kernels
 #: for batches of 1 to 7 rows round differently from those for larger batches.
@@ -58,7 +63,7 @@ class LoadedModel:
         self.n_vocab = int(L.llama_vocab_n_tokens(self.vocab))
         self.n_parallel = settings.n_parallel
         # 0: prefix, 1..n: texts, n + 1: padding, the rest: branches of label tries
-        self.n_seq = MAX_SEQUENCES
+        self.n_seq = max(MAX_SEQUENCES, settings.n_parallel + 2 + MIN_BRANCHES)
         self.pad_seq = settings.n_parallel + 1
         self.branch_seqs = list(range(settings.n_parallel + 2, self.n_seq))
         self.ctx = self._new_context(settings)
