@@ -8,8 +8,9 @@ import numpy as np
 
 from ...exceptions import ContextOverflowError, InputError
 from ..base import Completion, OnResult
-from .exact import AnswerSpec, answer_log_mass, lcp, log_softmax_at, logsumexp, top_k
+from .exact import AnswerSpec, lcp, log_softmax_at, logsumexp, top_k
 from .model import MIN_DECODE_TOKENS, LoadedModel
+from .trie import answer_log_mass
 
 __all__ = ["complete"]
 
@@ -108,13 +109,13 @@ class _Scorer:
         try:
             llm.extend_seq0(t[p:], p, last_logits=True)
             row = llm.logits(-1)  # a view: read it before label chains are decoded
-            return self.finish(row, len(t), 0, p)
+            return self.finish(row, len(t), 0, p, len(t))
         finally:
             llm.seq_rm(0, p)
 
-    def finish(self, row: np.ndarray, n: int, seq: int, cached: int) -> Completion:
+    def finish(self, row: np.ndarray, n: int, seq: int, cached: int, used: int) -> Completion:
         """The completion of a prompt of ``n`` tokens in sequence ``seq`` whose last
-        token's logits are ``row``."""
+        token's logits are ``row`` (``used``: the cache cells the prompts take)."""
         lse = logsumexp(row)
         if self.k > 0:
             top = top_k(row, min(self.k, self.llm.n_vocab))
@@ -125,8 +126,9 @@ class _Scorer:
             tokens, lp = (), np.empty(0)
         answers, extra = None, 0
         if self.spec is not None:
-            answers, extra = answer_log_mass(
-                self.llm, row, n, seq, self.spec, lse, self.label_prune
+            free = self.llm.n_ctx - used - 2 * MIN_DECODE_TOKENS
+            answers, extra, _ = answer_log_mass(
+                self.llm, row, n, seq, self.spec, lse, self.label_prune, free
             )
         return Completion(
             tokens=tokens,
@@ -178,6 +180,7 @@ class _Scorer:
         llm = self.llm
         items = []
         last_index = []
+        used = p + sum(len(toks[i]) - p for i in group)
         for s, i in enumerate(group, start=1):
             t = toks[i]
             llm.seq_cp(0, s, p)
@@ -187,7 +190,7 @@ class _Scorer:
             llm.decode(items)
             rows = [np.array(llm.logits(j)) for j in last_index]
             return [
-                (i, self.finish(row, len(toks[i]), s, p))
+                (i, self.finish(row, len(toks[i]), s, p, used))
                 for s, (i, row) in enumerate(zip(group, rows, strict=True), start=1)
             ]
         finally:

@@ -1,9 +1,9 @@
-"""Exact scores of the answers: which token sequences count for each class, the
-log-softmax maths on a logits row, and the teacher forcing of multi-token answers.
+"""Exact scores of the answers: which token sequences count for each class and the
+log-softmax maths on a logits row (multi-token answers are teacher-forced as a
+trie, :mod:`.trie`).
 
 The functions take the loaded model (:class:`~.model.LoadedModel`) as ``llm`` and
-use only its vocabulary (``pieces``, ``ids_by_norm``, ``tokenize``) and, for teacher
-forcing, ``decode``, ``logits`` and ``seq_rm``.
+use only its vocabulary (``pieces``, ``ids_by_norm``, ``tokenize``).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +20,6 @@ from ...exceptions import ConfigurationError
 __all__ = [
     "MAX_OUTPUTS",
     "AnswerSpec",
-    "answer_log_mass",
     "build_spec",
     "class_log_mass",
     "lcp",
@@ -29,8 +29,8 @@ __all__ = [
     "variants",
 ]
 
-#: The most logits rows one decode call returns for one sequence (label tokens
-#: are teacher-forced in chunks of this size).
+#: The most logits rows one decode call returns for one sequence (and the size of
+#: the context's output buffer beside the texts' rows).
 MAX_OUTPUTS = 32
 
 
@@ -45,6 +45,7 @@ class AnswerSpec:
     minext: list[list[int]]  # indices of the shortest listed extensions of each sequence
     max_extra: int  # the most label tokens evaluated after a prompt
     first_token_texts: list[list[str]] = field(default_factory=list)
+    trie: Any = None  # the LabelTrie of seqs (built on first use, :mod:`.trie`)
 
 
 def variants(answer: str) -> list[str]:
@@ -161,72 +162,3 @@ def lcp(a: Sequence[int], b: Sequence[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
-
-
-def answer_log_mass(
-    llm, row: np.ndarray, n: int, seq: int, spec: AnswerSpec, lse: float, label_prune: float
-) -> tuple[np.ndarray, int]:
-    """Class log-masses for a prompt of ``n`` tokens in sequence ``seq`` whose
-    last-token logits are ``row``, and the number of label tokens evaluated.
-
-    ``row`` is read first: teacher forcing label chains overwrites llama.cpp's
-    logits. A multi-token sequence whose first token is less likely than
-    ``label_prune`` times the labels' total (upper-bound) mass is not
-    teacher-forced; it counts as 0 (``P(s) <= P(s[0])``).
-    """
-    first_lp, _ = log_softmax_at(row, spec.first_ids, lse)
-    seq_logp = first_lp.copy()
-    multi = [k for k, s in enumerate(spec.seqs) if len(s) > 1]
-    if not multi:
-        return class_log_mass(spec, seq_logp), 0
-    bound = np.exp(first_lp)
-    cut = label_prune * float(bound.sum())
-    keep = [k for k in multi if bound[k] >= cut]
-    dropped = [k for k in multi if bound[k] < cut]
-    seq_logp[dropped] = -np.inf
-    n_extra = 0
-    if keep:
-        need: dict[tuple[int, ...], set[int]] = {}
-        for k in keep:
-            s = spec.seqs[k]
-            for d in range(1, len(s)):
-                need.setdefault(s[:d], set()).add(s[d])
-        node_lp, n_extra = _teacher_force(llm, need, n, seq)
-        for k in keep:
-            s = spec.seqs[k]
-            for d in range(1, len(s)):
-                seq_logp[k] += node_lp[s[:d]][s[d]]
-    return class_log_mass(spec, seq_logp), n_extra
-
-
-def _teacher_force(
-    llm, need: dict[tuple[int, ...], set[int]], n: int, seq: int
-) -> tuple[dict[tuple[int, ...], dict[int, float]], int]:
-    """Evaluate the label prefixes in ``need`` after the prompt (``n`` tokens in
-    sequence ``seq``) and read, after each prefix, the log-probabilities of the
-    tokens that ``need`` lists for it. Prefixes that share leading tokens share
-    their evaluation; the cache is trimmed back to the prompt afterwards."""
-    prefixes = set(need)
-    chains = sorted(c for c in prefixes if not any(o != c and o[: len(c)] == c for o in prefixes))
-    node_lp: dict[tuple[int, ...], dict[int, float]] = {}
-    n_extra = 0
-    current: tuple[int, ...] = ()
-    try:
-        for chain in chains:
-            r = lcp(current, chain)
-            if r < len(current):
-                llm.seq_rm(seq, n + r)
-            for c in range(r, len(chain), MAX_OUTPUTS):
-                new = chain[c : c + MAX_OUTPUTS]
-                llm.decode([(tok, n + c + k, seq, True) for k, tok in enumerate(new)])
-                n_extra += len(new)
-                for k in range(len(new)):
-                    node = chain[: c + k + 1]
-                    ids = sorted(need.get(node, ()))
-                    if ids:
-                        lp, _ = log_softmax_at(llm.logits(k), ids)
-                        node_lp[node] = dict(zip(ids, lp.tolist(), strict=True))
-            current = chain
-    finally:
-        llm.seq_rm(seq, n)
-    return node_lp, n_extra

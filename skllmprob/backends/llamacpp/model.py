@@ -17,7 +17,16 @@ from .exact import MAX_OUTPUTS, AnswerSpec, build_spec, lcp
 from .files import default_model_path, import_llama_cpp
 from .threads import process_n_threads
 
-__all__ = ["MIN_DECODE_TOKENS", "LoadedModel"]
+__all__ = ["MAX_SEQUENCES", "MIN_DECODE_TOKENS", "LoadedModel"]
+
+#: The sequences of a context: the prefix, the texts, padding, and the branches
+#: of label tries (:mod:`.trie`). llama.cpp allows 256 (LLAMA_MAX_SEQ), but it
+#: sizes the logits buffer for one row per sequence (1 MB each for Gemma 3's
+#: vocabulary; 256 took 260 MB more at load, 64 about 30 MB).
+MAX_SEQUENCES = 64
+
+#: The fewest branch sequences a context keeps (with a large ``n_parallel``).
+MIN_BRANCHES = 16
 
 #: Decode calls of fewer tokens are padded to this many: llama.cpp's CPU kernels
 #: for batches of 1 to 7 rows round differently from those for larger batches.
@@ -32,8 +41,9 @@ class LoadedModel:
     """A llama.cpp model, its context and a batch; used under ``self.lock``.
 
     Sequence 0 of the context holds the cached prompt prefix (``resident``),
-    sequences ``1..n_parallel`` hold texts evaluated together, and the last one
-    takes the throw-away padding tokens of short decode calls.
+    sequences ``1..n_parallel`` hold texts evaluated together, the next one takes
+    the throw-away padding tokens of short decode calls, and the rest
+    (``branch_seqs``) the branches of label tries (:mod:`.trie`).
     """
 
     def __init__(self, settings) -> None:
@@ -52,8 +62,10 @@ class LoadedModel:
         self.vocab = L.llama_model_get_vocab(self.model)
         self.n_vocab = int(L.llama_vocab_n_tokens(self.vocab))
         self.n_parallel = settings.n_parallel
-        self.n_seq = settings.n_parallel + 2  # 0: prefix, 1..n: texts, last: padding
-        self.pad_seq = self.n_seq - 1
+        # 0: prefix, 1..n: texts, n + 1: padding, the rest: branches of label tries
+        self.n_seq = max(MAX_SEQUENCES, settings.n_parallel + 2 + MIN_BRANCHES)
+        self.pad_seq = settings.n_parallel + 1
+        self.branch_seqs = list(range(settings.n_parallel + 2, self.n_seq))
         self.ctx = self._new_context(settings)
         self.mem = L.llama_get_memory(self.ctx)
         self.n_ctx = int(L.llama_n_ctx(self.ctx))
@@ -102,9 +114,11 @@ class LoadedModel:
         cp.n_seq_max = self.n_seq
         cp.kv_unified = True
         cp.swa_full = True  # sliding-window caches must allow removing any suffix
-        # Logits are read for each text's last token and for label tokens only:
-        # a small output buffer (n_vocab floats per output) saves memory.
-        cp.n_outputs_max = MAX_OUTPUTS + settings.n_parallel
+        # Logits are read for each text's last token and for label tokens only,
+        # at most MAX_OUTPUTS + n_parallel per decode call. llama.cpp sizes the
+        # output buffer (n_vocab floats per output) for one output per sequence;
+        # only the rows a decode call writes take memory.
+        cp.n_outputs_max = max(MAX_OUTPUTS + settings.n_parallel, self.n_seq)
         cp.n_outputs_max_per_seq = MAX_OUTPUTS
         threads = settings.n_threads or process_n_threads()
         cp.n_threads = threads

@@ -53,11 +53,15 @@ class LlamaCppBackend(Backend):
         Keep the shared prompt prefix's cache between prompts and calls. ``False``
         evaluates every prompt from scratch (for comparison).
     label_prune : float, default=1e-4
-        A multi-token answer variant is teacher-forced only when its first token's
-        probability is at least ``label_prune`` times the summed probability of
-        all variants' first tokens; below that (``" POSITIVE"`` after a prompt
-        that answers ``" positive"``) it counts as 0, an error smaller than that
-        bound per variant. ``0`` teacher-forces every variant.
+        Multi-token answer variants are teacher-forced as a trie of their token
+        prefixes (:mod:`skllmprob.backends.llamacpp.trie`). A prefix is expanded
+        only when its probability is at least ``label_prune`` times the summed
+        probability of all variants' first tokens; below that (``" POSITIVE"``
+        after a prompt that answers ``" positive"``, or ``" card linking"`` after
+        ``" card"`` when the text is about an arrival) the variants through it
+        count as 0. Each class mass is then off by at most the summed
+        probability of the cut prefixes, each below that bound. ``0``
+        teacher-forces every variant.
     fingerprint : {"sampled", "sha256"}, default="sampled"
         How a ``model_path`` file is identified in the cache key.
     verbose : bool, default=False
@@ -150,6 +154,20 @@ class LlamaCppBackend(Backend):
             out["chat_template_sha256"] = hashlib.sha256(
                 self.chat_template.encode("utf-8")
             ).hexdigest()
+        return out
+
+    def request_settings(self, query: Query) -> dict[str, Any]:
+        """The default request settings, and ``"label_prune_scope": "prefix"``
+        when pruning could cut a label prefix below its first token (answers with
+        sequences of three or more tokens and ``label_prune > 0``). Since label
+        tries (:mod:`.trie`) such prefixes are cut too; answers whose sequences
+        are at most two tokens long (``" POS" + "ITIVE"``) score as before, and
+        keep their cache keys."""
+        out = super().request_settings(query)
+        if query.answers and self.label_prune > 0:
+            spec = self._load().answer_spec(tuple(query.answers))
+            if spec.max_extra > 1:
+                out["label_prune_scope"] = "prefix"
         return out
 
     def check_query(self, query: Query) -> None:
