@@ -428,7 +428,11 @@ def make_scorer(backend: Backend, verbalizers: Sequence[str], option_codes_mode:
     exact = bool(backend.exact)
     first = backend.first_tokens(verbalizers)
     answers, codes = resolve_answers(
-        verbalizers, option_codes_mode=option_codes_mode, exact=exact, first_tokens=first
+        verbalizers,
+        option_codes_mode=option_codes_mode,
+        exact=exact,
+        first_tokens=first,
+        token_counts=getattr(backend, "count_tokens", None),
     )
     if answers != verbalizers:
         first = backend.first_tokens(answers)
