@@ -75,6 +75,7 @@ from . import decisions_stub
 from .stub_answers import Distribution, default_distribution
 from .stub_faults import FAULT_KINDS, Fault, parse_fault
 from .stub_http import Handler, Server
+from .stub_tokens import StubTokenizer
 
 __all__ = ["FAULT_KINDS", "Fault", "OpenAIStub"]
 
@@ -101,6 +102,10 @@ class OpenAIStub:
         answer for a prompt (top tokens are its first entries). Lets tests script
         exact token lists (duplicates, ``-9999`` sentinels, ...). The default is the
         deterministic backend's model.
+    tokenize : bool, default=False
+        Serve vLLM's ``POST /tokenize`` and ``POST /detokenize`` (see
+        :mod:`~skllmprob.testing.stub_tokens`); without it they answer 404, as
+        OpenAI does.
     token_bytes : bool, default=True
         Send each chat token's UTF-8 ``bytes`` (``False``: ``"bytes": null``).
     decision_models : tuple of str, default=("gpt-6-luna",)
@@ -120,6 +125,8 @@ class OpenAIStub:
         Requests per prompt (the user message, or the ``prompt`` of completions).
     prompt_successes : collections.Counter
         Successful (200 with log-probabilities) answers per prompt.
+    tokenize_requests : int
+        Requests received on ``/tokenize`` and ``/detokenize``.
     peak_in_flight : int
         The largest number of requests handled at the same time.
     log : collections.deque
@@ -136,6 +143,7 @@ class OpenAIStub:
         max_top_logprobs: int | None = None,
         api_key: str | None = None,
         distribution: Distribution | None = None,
+        tokenize: bool = False,
         token_bytes: bool = True,
         decision_models: Sequence[str] = decisions_stub.DECISION_MODELS,
         decisions: Callable[[str, list], Sequence[float]] | None = None,
@@ -148,6 +156,7 @@ class OpenAIStub:
         self.max_top_logprobs = max_top_logprobs
         self.api_key = api_key
         self.distribution = distribution or default_distribution(seed)
+        self.tokenizer = StubTokenizer() if tokenize else None
         self.token_bytes = token_bytes
         self.decision_models = tuple(decision_models)
         self.decisions = decisions
@@ -225,6 +234,7 @@ class OpenAIStub:
         """Zero the counters and forget the log (faults stay)."""
         with self._lock:
             self.requests = 0
+            self.tokenize_requests = 0
             self.prompt_requests: Counter = Counter()
             self.prompt_successes: Counter = Counter()
             self.status_counts: Counter = Counter()

@@ -103,6 +103,9 @@ class Handler(BaseHTTPRequestHandler):
             stub.reset()
             self._send(200, {"ok": True})
             return
+        if path in ("/tokenize", "/detokenize") and stub.tokenizer is not None:
+            self._tokenize(stub, path, raw)
+            return
         if path.endswith("/v1/decisions"):
             endpoint = "decisions"
         elif path.endswith("/chat/completions"):
@@ -126,6 +129,18 @@ class Handler(BaseHTTPRequestHandler):
                     stub.status_counts[0] += 1
             self._uncounted = False
             self._entry = None
+
+    def _tokenize(self, stub: OpenAIStub, path: str, raw: bytes) -> None:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            self._send(400, _error_body("We could not parse the JSON body.", "invalid_request"))
+            return
+        with stub._lock:
+            stub.tokenize_requests += 1
+        self._send(*stub.tokenizer.answer(path, body))
 
     def _complete(self, stub: OpenAIStub, endpoint: str, path: str, raw: bytes) -> int:
         key, auth = self._presented_key()
