@@ -102,10 +102,12 @@ class OpenAIStub:
         answer for a prompt (top tokens are its first entries). Lets tests script
         exact token lists (duplicates, ``-9999`` sentinels, ...). The default is the
         deterministic backend's model.
-    tokenize : bool, default=False
-        Serve vLLM's ``POST /tokenize`` and ``POST /detokenize`` (see
-        :mod:`~skllmprob.testing.stub_tokens`); without it they answer 404, as
-        OpenAI does.
+    vllm : bool, default=False
+        Emulate vLLM's extras: ``POST /tokenize`` and ``POST /detokenize`` (see
+        :mod:`~skllmprob.testing.stub_tokens`), the request fields
+        ``logprob_token_ids`` and ``prompt_logprobs`` (see
+        :mod:`~skllmprob.testing.stub_vllm`). Without it the routes answer 404 and
+        the fields a 400, as OpenAI does.
     token_bytes : bool, default=True
         Send each chat token's UTF-8 ``bytes`` (``False``: ``"bytes": null``).
     decision_models : tuple of str, default=("gpt-6-luna",)
@@ -143,7 +145,7 @@ class OpenAIStub:
         max_top_logprobs: int | None = None,
         api_key: str | None = None,
         distribution: Distribution | None = None,
-        tokenize: bool = False,
+        vllm: bool = False,
         token_bytes: bool = True,
         decision_models: Sequence[str] = decisions_stub.DECISION_MODELS,
         decisions: Callable[[str, list], Sequence[float]] | None = None,
@@ -156,7 +158,7 @@ class OpenAIStub:
         self.max_top_logprobs = max_top_logprobs
         self.api_key = api_key
         self.distribution = distribution or default_distribution(seed)
-        self.tokenizer = StubTokenizer() if tokenize else None
+        self.tokenizer = StubTokenizer() if vllm else None
         self.token_bytes = token_bytes
         self.decision_models = tuple(decision_models)
         self.decisions = decisions

@@ -11,7 +11,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-from . import decisions_stub
+from . import decisions_stub, stub_vllm
 from .stub_answers import answer, empty_answer
 from .stub_faults import CODES, FAULT_KINDS, MESSAGES, Fault
 from .stub_faults import error_body as _error_body
@@ -168,6 +168,8 @@ class Handler(BaseHTTPRequestHandler):
             k = int(body.get("top_logprobs") or 0) if body.get("logprobs") else None
         else:
             prompt = body.get("prompt")
+            as_text = stub_vllm.prompt_text(stub, prompt)
+            prompt = as_text if as_text is not None else prompt
             prompt = prompt if isinstance(prompt, str) else json.dumps(prompt)
             text = prompt
             k = body.get("logprobs")
@@ -195,6 +197,8 @@ class Handler(BaseHTTPRequestHandler):
             payload = decisions_stub.decision_answer(stub, body, text, cached, refuse=False)
         else:
             payload = answer(stub, endpoint, body, text, k)
+            if stub.tokenizer is not None:
+                payload = stub_vllm.apply(stub, endpoint, body, text, payload)
         with stub._lock:  # counted before the answer leaves (no race with the client)
             stub.prompt_successes[prompt] += 1
         self._send(200, payload)
@@ -218,6 +222,10 @@ class Handler(BaseHTTPRequestHandler):
                 ),
             )
             return 404
+        message = stub_vllm.problem(stub, body, endpoint)
+        if message is not None:
+            self._send(400, _error_body(message, "BadRequestError", None, None))
+            return 400
         problem = self._decision_problem(stub, body, endpoint)
         if problem is not None:
             status, message, param = problem

@@ -1,5 +1,5 @@
 """vLLM's tokenizer routes on :class:`~skllmprob.testing.openai_stub.OpenAIStub`
-(``OpenAIStub(tokenize=True)``), in the shapes of vLLM's OpenAI-compatible server:
+(``OpenAIStub(vllm=True)``), in the shapes of vLLM's OpenAI-compatible server:
 
 - ``POST /tokenize`` with ``{"model", "prompt", "add_special_tokens"}`` answers
   ``{"count", "max_model_len", "tokens": [id, ...], "token_strs": null}``;

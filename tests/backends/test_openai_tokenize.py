@@ -33,7 +33,7 @@ WORDS = {
 
 @pytest.fixture
 def vllm():
-    with OpenAIStub(tokenize=True) as s:
+    with OpenAIStub(vllm=True) as s:
         yield s
 
 
