@@ -61,8 +61,10 @@ def _logprob(stub: OpenAIStub, text: str, piece: str) -> float:
     return _FLOOR
 
 
-def _listed(stub: OpenAIStub, text: str, ids: list[int]) -> list[tuple[str, float]]:
-    return [(p, _logprob(stub, text, p)) for p in (stub.tokenizer.piece(i) for i in ids)]
+def _listed(stub: OpenAIStub, text: str, ids: list[int], sampled: str) -> list[tuple[str, float]]:
+    """The listed tokens after the sampled one (listed once, as vLLM's dict of ids)."""
+    pieces = dict.fromkeys(stub.tokenizer.piece(i) for i in ids)
+    return [(p, _logprob(stub, text, p)) for p in pieces if p != sampled]
 
 
 def prompt_text(stub: OpenAIStub, prompt: object) -> str | None:
@@ -84,13 +86,13 @@ def apply(stub: OpenAIStub, endpoint: str, body: dict, text: str, payload: dict)
             sampled = {k: first[k] for k in ("token", "logprob", "bytes")}
             listed = [
                 {"token": t, "logprob": lp, "bytes": list(t.encode())}
-                for t, lp in _listed(stub, text, ids)
+                for t, lp in _listed(stub, text, ids, first["token"])
             ]
             first["top_logprobs"] = [sampled, *listed]
         else:
             lp = choice["logprobs"]
             top = {lp["tokens"][0]: lp["token_logprobs"][0]}
-            top.update(_listed(stub, text, ids))
+            top.update(_listed(stub, text, ids, lp["tokens"][0]))
             lp["top_logprobs"] = [top]
     if endpoint == "completions" and body.get("prompt_logprobs") is not None:
         choice["prompt_logprobs"] = _prompt_logprobs(stub, text)

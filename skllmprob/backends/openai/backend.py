@@ -75,6 +75,12 @@ class OpenAIBackend(OpenAISettings):
     default_headers : dict, optional
         More HTTP headers (not part of the cache key; not for secrets that the
         repr must hide).
+    label_token_ids : bool, default=False
+        vLLM: list the first token of every form of every label in each request
+        (``logprob_token_ids``), so that every class's first-token log-probability
+        comes back exactly, with no top-k floor (see
+        :mod:`~skllmprob.backends.openai.token_ids`). Support is detected once per
+        server; a server without it gets a warning and the usual top-k requests.
     """
 
     # -- the client -----------------------------------------------------------------------
