@@ -87,7 +87,7 @@ class ServerTokenizer:
         self.root = server_root(base_url)
         self.model = model
         self._key = key
-        self.timeout = float(timeout)
+        self.timeout = min(float(timeout), 10.0)  # a tokenizer answers at once
         self.workers = max(1, int(workers))
 
     def __repr__(self) -> str:
