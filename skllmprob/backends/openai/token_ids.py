@@ -16,11 +16,9 @@ process; without support the backend warns once and keeps asking for the top-k.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import urllib.error
-import urllib.request
 import warnings
 from collections.abc import Sequence
 
@@ -57,15 +55,8 @@ def _entries(out: dict, chat: bool) -> int:
 def _probe(tok: ServerTokenizer, base_url: str, chat: bool, ids: list[int]) -> bool | None:
     """Whether the server honours the field (``None``: no answer, ask again later)."""
     path = "/chat/completions" if chat else "/completions"
-    req = urllib.request.Request(
-        base_url.rstrip("/") + path,
-        data=json.dumps(_probe_body(tok.model, chat, ids[:2])).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {tok._key}"},
-        method="POST",
-    )
     try:
-        with urllib.request.urlopen(req, timeout=tok.timeout) as r:
-            out = json.loads(r.read())
+        out = tok.post_json(base_url.rstrip("/") + path, _probe_body(tok.model, chat, ids[:2]))
     except urllib.error.HTTPError as e:
         return False if e.code in (400, 422) else None
     except (OSError, ValueError):

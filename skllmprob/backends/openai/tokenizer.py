@@ -95,16 +95,20 @@ class ServerTokenizer:
 
     # -- HTTP ---------------------------------------------------------------------------
 
-    def _post(self, path: str, body: dict) -> dict:
+    def post_json(self, url: str, body: dict) -> object:
+        """POST ``body`` as JSON to ``url`` with the key; the decoded answer."""
         req = urllib.request.Request(
-            self.root + path,
+            url,
             data=json.dumps(body).encode(),
             headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._key}"},
             method="POST",
         )
+        with urllib.request.urlopen(req, timeout=self.timeout) as r:
+            return json.loads(r.read())
+
+    def _post(self, path: str, body: dict) -> dict:
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                out = json.loads(r.read())
+            out = self.post_json(self.root + path, body)
         except urllib.error.HTTPError as e:
             if e.code in _NOT_THERE:
                 raise _NoRoute(path) from None
