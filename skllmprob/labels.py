@@ -15,7 +15,7 @@ import numbers
 import re
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -115,23 +115,122 @@ def labels_collide(answers: Sequence[str], first_tokens: Sequence[Iterable[str]]
     return None
 
 
-def option_codes(n_classes: int, style: str = "letters") -> list[str]:
+#: Token counts of texts, as a server's tokenizer gives them, or ``None`` when the
+#: backend cannot tokenize (see :func:`option_codes`).
+TokenCounts = Callable[[Sequence[str]], Sequence[int] | None]
+
+#: Consecutive multi-token candidates after which a pool of codes is given up.
+_GIVE_UP = 16
+
+
+def _code_pools(style: str) -> list[list[str]]:
+    """The candidate codes of each pool, in the order they are tried."""
+    numbers = [str(i) for i in range(1, 256)]
+    pairs = [a + b for a in _LETTERS for b in _LETTERS]
+    if style == "numbers":
+        return [numbers]
+    return [numbers, [*_LETTERS, *pairs]]
+
+
+def _single_token_codes(candidates: list[str], n: int, token_counts: TokenCounts):
+    """The first ``n`` candidates whose every variant (as given or lower case, with
+    or without a leading space) is one token; fewer when the pool runs out; ``None``
+    when the backend cannot tokenize."""
+    out: list[str] = []
+    misses = 0
+    step = max(8, n)
+    for start in range(0, len(candidates), step):
+        chunk = candidates[start : start + step]
+        forms = [[c, " " + c, c.lower(), " " + c.lower()] for c in chunk]
+        counts = token_counts([f for fs in forms for f in fs])
+        if counts is None:
+            return None
+        for j, code in enumerate(chunk):
+            if all(k == 1 for k in counts[4 * j : 4 * j + 4]):
+                out.append(code)
+                misses = 0
+                if len(out) == n:
+                    return out
+            else:
+                misses += 1
+        if misses >= _GIVE_UP:
+            break
+    return out
+
+
+def option_codes(
+    n_classes: int,
+    style: str = "letters",
+    *,
+    token_counts: TokenCounts | None = None,
+    exact: bool = False,
+) -> list[str]:
     """Single-token answer codes for ``n_classes`` options.
 
+    Up to 26 letters (or 9 digits) need no tokenizer. With ``token_counts`` (a
+    server that tokenizes), more classes get codes that are checked to be single
+    tokens for that model, in each of their forms: the numbers 1-255, else letters
+    followed by two-letter codes (``AA``, ``AB``, ...).
+
+    Parameters
+    ----------
+    n_classes : int
+    style : {"letters", "numbers"}
+    token_counts : callable, optional
+        ``token_counts(texts) -> counts``: how many tokens the model's tokenizer
+        makes of each text (``None``: the backend cannot tokenize).
+    exact : bool
+        Whether the backend scores whole labels exactly (only changes the advice of
+        the error).
+
+    Examples
+    --------
     >>> option_codes(3)
     ['A', 'B', 'C']
     >>> option_codes(3, "numbers")
     ['1', '2', '3']
+    >>> option_codes(30, token_counts=lambda texts: [len(t.split()) for t in texts])[-3:]
+    ['28', '29', '30']
     """
-    pool = _LETTERS if style == "letters" else _DIGITS
-    if n_classes > len(pool):
-        raise ConfigurationError(
-            f"{n_classes} classes need option codes, but only {len(pool)} single-token "
-            f"{style} codes exist. Give the classes distinct first words (labels="
-            "{label: word}), use fewer classes, or use the local backend, which scores "
-            "whole labels exactly."
+    small = _LETTERS if style == "letters" else _DIGITS
+    if n_classes <= len(small):
+        return list(small[:n_classes])
+    tokenized = False
+    for candidates in _code_pools(style) if token_counts is not None else ():
+        if len(candidates) < n_classes:
+            continue
+        codes = _single_token_codes(candidates, n_classes, token_counts)
+        if codes is None:
+            break
+        tokenized = True
+        if len(codes) == n_classes:
+            return codes
+    raise _too_many_classes(n_classes, style, len(small), tokenized, exact)
+
+
+def _too_many_classes(n: int, style: str, n_small: int, tokenized: bool, exact: bool):
+    head = f"{n} classes need option codes, but only "
+    if tokenized:
+        head += f"fewer single-token {style} codes exist for this model. "
+    else:
+        head += (
+            f"{n_small} single-token {style} codes are known without the model's "
+            "tokenizer (this backend cannot tokenize). "
         )
-    return list(pool[:n_classes])
+    if exact:
+        advice = (
+            "This backend scores whole labels exactly and needs no codes: use "
+            "option_codes='auto', or fewer classes."
+        )
+    else:
+        advice = (
+            "Give the classes distinct first words (labels={label: word}), use fewer "
+            "classes, a server that tokenizes (vLLM, llama.cpp's llama-server, "
+            "llama-cpp-python's server), a decision backend with class descriptions "
+            "(descriptions={label: text}), or the local backend (a .gguf model), "
+            "which scores whole labels exactly."
+        )
+    return ConfigurationError(head + advice)
 
 
 def resolve_answers(
@@ -140,6 +239,7 @@ def resolve_answers(
     option_codes_mode: str = "auto",
     exact: bool = False,
     first_tokens: Sequence[Iterable[str]] | None = None,
+    token_counts: TokenCounts | None = None,
 ) -> tuple[list[str], bool]:
     """Decide what the model should answer for each class.
 
@@ -155,6 +255,9 @@ def resolve_answers(
         to case and whitespace collide).
     first_tokens : sequence of iterables of str, optional
         Exact first tokens per answer, see :func:`labels_collide`.
+    token_counts : callable, optional
+        The backend's tokenizer, to pick codes beyond 26 classes (see
+        :func:`option_codes`).
 
     Returns
     -------
@@ -178,7 +281,10 @@ def resolve_answers(
                 "every class a non-empty word (labels={label: word})."
             )
     if option_codes_mode in ("letters", "numbers"):
-        return option_codes(len(verbalizers), option_codes_mode), True
+        codes = option_codes(
+            len(verbalizers), option_codes_mode, token_counts=token_counts, exact=exact
+        )
+        return codes, True
     if exact:
         norms = [normalize_token(v) for v in verbalizers]
         clash = next(
@@ -196,7 +302,7 @@ def resolve_answers(
             "distinct words (labels={label: word}) or allow option codes "
             "(option_codes='auto')."
         )
-    return option_codes(len(verbalizers)), True
+    return option_codes(len(verbalizers), token_counts=token_counts, exact=exact), True
 
 
 # ----------------------------------------------------------------- the classes

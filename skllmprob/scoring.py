@@ -340,9 +340,10 @@ class Scorer:
     #: Whether the backend scores whole answers (then they are sent with the query).
     exact: bool = False
 
-    def __init__(self, answers: Sequence[str], first_tokens=None) -> None:
+    def __init__(self, answers: Sequence[str], first_tokens=None, send_answers=False) -> None:
         self.answers = tuple(answers)
         self.first_tokens = first_tokens
+        self.send_answers = bool(send_answers)  # a top-k backend that asks for them
         self._matcher: TokenMatcher | None = None
 
     @property
@@ -353,7 +354,8 @@ class Scorer:
 
     def query(self, top_logprobs: int) -> Query:
         """What to ask the backend for each prompt."""
-        return Query(top_logprobs=int(top_logprobs), answers=self.answers if self.exact else ())
+        send = self.exact or self.send_answers
+        return Query(top_logprobs=int(top_logprobs), answers=self.answers if send else ())
 
     def score(self, completions: Sequence[Completion]) -> tuple[np.ndarray, np.ndarray]:
         """``(log_mass, floored)`` of shape (n_samples, n_classes), see
@@ -367,10 +369,14 @@ class Scorer:
         )
 
     def __getstate__(self) -> dict:
-        return {"answers": self.answers, "first_tokens": self.first_tokens}
+        return {
+            "answers": self.answers,
+            "first_tokens": self.first_tokens,
+            "send_answers": self.send_answers,
+        }
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["answers"], state["first_tokens"])
+        self.__init__(state["answers"], state["first_tokens"], state.get("send_answers", False))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(answers={list(self.answers)!r})"
@@ -428,8 +434,13 @@ def make_scorer(backend: Backend, verbalizers: Sequence[str], option_codes_mode:
     exact = bool(backend.exact)
     first = backend.first_tokens(verbalizers)
     answers, codes = resolve_answers(
-        verbalizers, option_codes_mode=option_codes_mode, exact=exact, first_tokens=first
+        verbalizers,
+        option_codes_mode=option_codes_mode,
+        exact=exact,
+        first_tokens=first,
+        token_counts=getattr(backend, "count_tokens", None),
     )
     if answers != verbalizers:
         first = backend.first_tokens(answers)
-    return (ExactScorer if exact else TopKScorer)(answers, first), codes
+    send = bool(getattr(backend, "wants_answers", False))
+    return (ExactScorer if exact else TopKScorer)(answers, first, send), codes

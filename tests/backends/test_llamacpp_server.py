@@ -15,6 +15,7 @@ reference follows the same schedule, so the two agree to float precision.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -200,7 +201,9 @@ def test_completions_endpoint_agrees_with_in_process_llama(model_path):
         )
         assert c.tokens[0] == max(expected, key=expected.get)
     # 2. The class probabilities of the classifier, from the same schedule.
-    matcher = TokenMatcher(list(clf.answers_))
+    # the classifier matches the labels' first tokens as the server tokenizes them
+    assert clf.scorer_.first_tokens is not None
+    matcher = TokenMatcher(list(clf.answers_), clf.scorer_.first_tokens)
     mass, _ = label_log_mass(
         [tuple(t) for t in tops], [np.array(list(t.values())) for t in tops], matcher
     )
@@ -226,3 +229,50 @@ def test_server_without_logprobs_fails_fast(model_path):
         with pytest.raises(LogprobsUnsupportedError, match="logits_all"):
             clf.predict_proba(TEXTS)
         assert time.perf_counter() - t0 < 10  # the server's 500 is not retried
+
+
+def _server_tokens(base_url: str, text: str) -> list[int]:
+    """llama-cpp-python's ``/extras/tokenize``, without the BOS token it adds."""
+    root = base_url[: -len("/v1")]
+
+    def ask(t: str) -> list[int]:
+        req = urllib.request.Request(
+            root + "/extras/tokenize",
+            data=json.dumps({"input": t}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())["tokens"]
+
+    bos = ask("")
+    return ask(text)[len(bos) :]
+
+
+def test_many_banking77_classes_get_single_token_codes(model_path):
+    import pandas as pd
+
+    data = os.environ.get("SKLLMPROB_DATA", "/work/shared/data")
+    path = os.path.join(data, "banking77", "test.csv")
+    if not os.path.exists(path):
+        pytest.skip(f"Banking77 not found at {path} (set $SKLLMPROB_DATA)")
+    df = pd.read_csv(path)
+    intents = sorted(df["label"].unique())[:42]  # "card ...", "cash ...", "top up ..."
+    words = {k: k.replace("_", " ") for k in intents}
+    rows = df[df["label"].isin(intents)].groupby("label").head(1).head(2)
+    with llama_server(model_path, "--n_ctx", "1024") as base_url:
+        clf = LogprobClassifier(
+            "gemma", labels=words, base_url=base_url, cache=False, progress=False
+        ).fit(None, None)
+        assert clf.uses_option_codes_ and len(set(clf.answers_)) == 42
+        # Gemma splits numbers into digits, so codes beyond Z are letter pairs;
+        # every form of every code is one token for the server's tokenizer.
+        for code in clf.answers_:
+            for form in (code, " " + code, code.lower(), " " + code.lower()):
+                assert len(_server_tokens(base_url, form)) == 1, form
+        prompt = clf.prompt_renderer_.render_one({"text": "x"})
+        answer_of = dict(zip(clf.classes_, clf.answers_, strict=True))
+        assert f"{answer_of[intents[0]]} ({words[intents[0]]})" in prompt
+        proba = clf.predict_proba(rows["text"].tolist())
+    assert proba.shape == (len(rows), 42)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert np.isfinite(proba).all()

@@ -14,6 +14,7 @@ from . import errors
 from .keys import key_for_requests
 from .runner import _Plan, pacing_fields, run_requests
 from .settings import _AZURE_HOSTS, OpenAISettings
+from .tokenizer import ServerTokenizer, can_ask
 
 log = logging.getLogger("skllmprob.openai")
 
@@ -74,6 +75,12 @@ class OpenAIBackend(OpenAISettings):
     default_headers : dict, optional
         More HTTP headers (not part of the cache key; not for secrets that the
         repr must hide).
+    label_token_ids : bool, default=False
+        vLLM: list the first token of every form of every label in each request
+        (``logprob_token_ids``), so that every class's first-token log-probability
+        comes back exactly, with no top-k floor (see
+        :mod:`~skllmprob.backends.openai.token_ids`). Support is detected once per
+        server; a server without it gets a warning and the usual top-k requests.
     """
 
     # -- the client -----------------------------------------------------------------------
@@ -143,6 +150,42 @@ class OpenAIBackend(OpenAISettings):
     def _breaker(self) -> int:
         """Failures in a row after which the rest of a call is not sent."""
         return max(10, 2 * self.max_concurrency)
+
+    # -- the server's tokenizer ------------------------------------------------------------
+
+    def _tokenizer(self) -> ServerTokenizer | None:
+        """The server's tokenizer where the server may be asked for one."""
+        url = self.resolved_base_url()
+        if not can_ask(url, self.is_openai() or self.is_azure()):
+            return None
+        key, _ = key_for_requests(self)
+        return ServerTokenizer(url, self.model, key, self.timeout, self.max_concurrency)
+
+    def _ask_tokenizer(self, what: str, arg: Sequence[str]):
+        tok = self._tokenizer()
+        if tok is None:
+            return None
+        try:
+            return getattr(tok, what)(arg)
+        except (OSError, ValueError, KeyError) as e:  # a server that tokenizes, then fails
+            log.warning(
+                "%s could not tokenize (%s); labels are matched by their first words.",
+                self.shown_url(),
+                type(e).__name__,
+            )
+            return None
+
+    def first_tokens(self, answers: Sequence[str]) -> list[list[str]] | None:
+        """The first token of each answer's case and leading-space variants, from
+        the server's tokenizer (vLLM, llama.cpp's llama-server, llama-cpp-python's
+        server); ``None`` when the server cannot tokenize."""
+        return self._ask_tokenizer("first_tokens", answers)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int] | None:
+        """How many tokens the server's tokenizer makes of each text (``None``: it
+        cannot tokenize); used to pick single-token option codes."""
+        ids = self._ask_tokenizer("tokenize", texts)
+        return None if ids is None else [len(x) for x in ids]
 
     # -- running --------------------------------------------------------------------------
 

@@ -75,6 +75,7 @@ class OpenAISettings(Backend):
         api_version: str | None = None,
         extra_body: dict | None = None,
         default_headers: dict | None = None,
+        label_token_ids: bool = False,
     ) -> None:
         if not isinstance(model, str) or not model:
             raise ConfigurationError("model must be a non-empty model name, e.g. 'gpt-4o-mini'.")
@@ -99,6 +100,7 @@ class OpenAISettings(Backend):
         self.api_version = api_version
         self.extra_body = dict(extra_body) if extra_body else None
         self.default_headers = dict(default_headers) if default_headers else None
+        self.label_token_ids = bool(label_token_ids)
         if api_key is not None and not isinstance(api_key, SecretKey):
             api_key = SecretKey(api_key)
         # A SecretKey: a pickle drops its value (it is read from the environment
@@ -181,7 +183,23 @@ class OpenAISettings(Backend):
             out["seed"] = self.seed
         if self.extra_body:
             out["extra_body"] = self.extra_body
+        ids = self._label_ids(query)
+        if ids is not None:
+            out["logprob_token_ids"] = ids
         return out
+
+    @property
+    def wants_answers(self) -> bool:
+        """Whether queries should carry the answers (``label_token_ids``)."""
+        return self.label_token_ids
+
+    def _label_ids(self, query: Query) -> list[int] | None:
+        """The ids sent as ``logprob_token_ids`` (``None``: none are sent)."""
+        if not (self.label_token_ids and query.answers):
+            return None
+        from .token_ids import label_token_ids
+
+        return label_token_ids(self, query.answers)
 
     def check_query(self, query: Query) -> None:
         path = urlsplit(self.resolved_base_url()).path
@@ -221,6 +239,9 @@ class OpenAISettings(Backend):
             body["seed"] = self.seed
         if self.extra_body:
             body.update(self.extra_body)
+        ids = self._label_ids(query)
+        if ids is not None:
+            body["logprob_token_ids"] = ids
         messages: tuple = ()
         overhead = 1
         if chat and self.system_prompt is not None:
