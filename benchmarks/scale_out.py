@@ -200,23 +200,12 @@ def databases(pg_url: str | None, count: int):
         yield [server.url(name, password=False) for name in names]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", help="a CSV file with 'text' and 'label' columns")
-    parser.add_argument("--n", type=int, default=2000, help="texts of parts 1 and 2")
-    parser.add_argument("--cached-n", type=int, default=10_000, help="texts of part 3")
-    parser.add_argument("--latency", type=float, default=0.05, help="stub seconds/answer")
-    parser.add_argument("--concurrency", type=int, default=16, help="total max_concurrency")
-    parser.add_argument("--repeat", type=int, default=5, help="timed rounds of part 3")
-    parser.add_argument("--pg-url", help="an existing database (its schema must exist)")
-    parser.add_argument("--json", help="write the results to this JSON file")
-    args = parser.parse_args()
-
+def distributed_parts(args, urls: list[str], texts, labels) -> dict:
+    """Parts 1 and 2, on a 2-worker Dask cluster and the stub server."""
     import distributed
 
-    texts, labels = load_texts(args.data, max(args.n, args.cached_n))
-    result = {"python": platform.python_version(), "args": vars(args)}
-    with databases(args.pg_url, 4) as urls, OpenAIStub(latency=args.latency) as stub:
+    result = {}
+    with OpenAIStub(latency=args.latency) as stub:
         env = {"PYTHONPATH": str(ROOT), "PGPASSWORD": os.environ.get("PGPASSWORD", "")}
         with (
             distributed.LocalCluster(
@@ -234,6 +223,29 @@ def main() -> None:
                 stub, urls[2], texts[: args.n], labels[: args.n], args.concurrency
             )
             print(json.dumps(result["model_selection"], indent=2))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", help="a CSV file with 'text' and 'label' columns")
+    parser.add_argument("--n", type=int, default=2000, help="texts of parts 1 and 2")
+    parser.add_argument("--cached-n", type=int, default=10_000, help="texts of part 3")
+    parser.add_argument("--latency", type=float, default=0.05, help="stub seconds/answer")
+    parser.add_argument("--concurrency", type=int, default=16, help="total max_concurrency")
+    parser.add_argument("--repeat", type=int, default=5, help="timed rounds of part 3")
+    parser.add_argument("--pg-url", help="an existing database (its schema must exist)")
+    parser.add_argument("--json", help="write the results to this JSON file")
+    parser.add_argument(
+        "--cached-only", action="store_true", help="run part 3 only (no cluster, no stub)"
+    )
+    args = parser.parse_args()
+
+    texts, labels = load_texts(args.data, max(args.n, args.cached_n))
+    result = {"python": platform.python_version(), "args": vars(args)}
+    with databases(args.pg_url, 4) as urls:
+        if not args.cached_only:
+            result.update(distributed_parts(args, urls, texts, labels))
         sqlite = os.path.join(tempfile.mkdtemp(), "c.sqlite")
         result["cached"] = cached(
             urls[3], sqlite, texts[: args.cached_n], labels[: args.cached_n], args.repeat

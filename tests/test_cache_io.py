@@ -166,3 +166,24 @@ def test_opening_an_up_to_date_file_writes_nothing(tmp_path):
     watcher = FileWatcher(path)
     CompletionCache(path).info()
     assert not watcher.changed()
+
+
+def test_worker_processes_hits_reach_the_files_totals(tmp_path):
+    """Hits counted in loky workers (n_jobs=2) are in the file's totals when the
+    parallel call returns, as with n_jobs=1; the parent's cached calls still write
+    nothing."""
+    from sklearn.model_selection import cross_val_score
+
+    texts, labels = make_texts(40)
+    totals = {}
+    for jobs in (1, 2):
+        path = tmp_path / f"jobs{jobs}.sqlite"
+        clf = det_clf(cache=str(path))
+        clf.fit(texts, labels)  # fills the cache: every later lookup is a hit
+        before, file_before = clf.cache_info().total_hits, FileWatcher(path).total("hits")
+        cross_val_score(clf, texts, labels, cv=4, n_jobs=jobs)
+        # total_hits: the file's totals and this (parent) process's pending counts
+        totals[jobs] = clf.cache_info().total_hits - before
+        if jobs == 1:
+            assert FileWatcher(path).total("hits") == file_before  # pending, not written
+    assert totals[2] == totals[1] > len(texts)

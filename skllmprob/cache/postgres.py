@@ -34,13 +34,12 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 from .._secrets import mask_url
 from ..backends.base import Completion
 from ..exceptions import CacheError, ConfigurationError
-from .codec import DECODE_ERRORS as _DECODE_ERRORS
-from .codec import decode as _decode
+from .codec import Decoder as _Decoder
 from .codec import encode as _encode
 from .memory import MemoryLayer as _Memory
 from .memory import default_memory_bytes as _default_memory_bytes
 from .pgclaims import _DEAD_CLAIMS, PgClaimSession, _psycopg
-from .stats import CacheInfo
+from .stats import CacheInfo, in_worker
 
 __all__ = [
     "PG_SCHEMA_VERSION",
@@ -139,7 +138,7 @@ class PostgresCache:
         self.claim_timeout = float(claim_timeout)
         self._memory_mb = memory_mb
         max_bytes = _default_memory_bytes() if memory_mb is None else int(memory_mb * 2**20)
-        self._memory = _Memory(max_bytes)
+        self._memory, self._decoder = _Memory(max_bytes), _Decoder()
         self._generation: str | None = None
         self._reset_process_state()
         with self._connection("open") as conn:
@@ -259,20 +258,14 @@ class PostgresCache:
     def _select(self, conn, keys: Sequence[bytes], *, report: bool = True) -> dict:
         """Read and decode the rows of ``keys`` that exist and can be decoded;
         unreadable rows are deleted (they are written again when requested)."""
-        out: dict[bytes, Completion] = {}
-        corrupt = []
-        keys = list(keys)
+        rows, keys = [], list(keys)
         for start in range(0, len(keys), _CHUNK):
-            rows = conn.execute(
+            rows += conn.execute(
                 "SELECT key, data, tokens FROM skllmprob_completions WHERE key = ANY(%s)",
                 (keys[start : start + _CHUNK],),
                 binary=True,
             ).fetchall()
-            for key, data, text in rows:
-                try:
-                    out[bytes(key)] = _decode(bytes(data), bytes(text).decode("utf-8"))
-                except _DECODE_ERRORS:
-                    corrupt.append(bytes(key))
+        out, corrupt = self._decoder.many([(bytes(k), bytes(d), bytes(t)) for k, d, t in rows])
         self._memory.put_many(out.items())
         if corrupt:
             conn.execute("DELETE FROM skllmprob_completions WHERE key = ANY(%s)", (corrupt,))
@@ -347,12 +340,13 @@ class PostgresCache:
 
     def record(self, *, hits: int = 0, misses: int = 0, saved_tokens: int = 0, waited: int = 0):
         """Count lookups in this process; the database's totals are updated by calls
-        that sent requests, and at most every few seconds by the others."""
+        that sent requests or ran in a worker process, and at most every few
+        seconds by the others."""
         self._count(hits=hits, misses=misses, saved_tokens=saved_tokens, waited=waited)
         with self._lock:
             for name, n in (("hits", hits), ("misses", misses), ("saved_tokens", saved_tokens)):
                 self._pending[name] += n
-            due = misses > 0 or time.monotonic() - self._flushed >= STATS_EVERY
+            due = misses > 0 or time.monotonic() - self._flushed >= STATS_EVERY or in_worker()
         if due:
             self._flush_totals()
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["COUNTERS", "PERSISTED", "CacheInfo", "Counters", "add_totals"]
+__all__ = ["COUNTERS", "PERSISTED", "CacheInfo", "Counters", "add_totals", "in_worker"]
 
 
 @dataclass(frozen=True)
@@ -124,3 +125,19 @@ def add_totals(conn: sqlite3.Connection, counts: dict[str, int]) -> None:
         "INSERT INTO stats VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
         [(name, n, n) for name, n in counts.items() if n],
     )
+
+
+def in_worker() -> bool:
+    """Whether this process was started by another Python process as a worker
+    (:mod:`multiprocessing`, joblib's loky workers, Dask's nanny).
+
+    Such a process writes each call's statistics when the call's work is done: its
+    parent reads the shared totals while the worker lives on (loky keeps idle
+    workers for minutes, then stops them past :mod:`atexit`), and the worker
+    cannot tell which of its calls is the last.
+
+    >>> in_worker()
+    False
+    """
+    mp = sys.modules.get("multiprocessing")
+    return mp is not None and mp.parent_process() is not None

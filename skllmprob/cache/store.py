@@ -8,7 +8,10 @@ arrive together are committed together by a writer thread, see
 
 Reading never writes: a call whose every prompt is a hit leaves the file as it was.
 The statistics of such calls wait in the process (:meth:`CompletionCache.info`
-shows them) and reach the file with its next write transaction or at exit.
+shows them) and reach the file with its next write transaction or at exit; in a
+worker process (joblib's loky workers, :mod:`multiprocessing`, Dask) they are
+written when each call's work is done, because the parent reads the totals while
+its workers live on, and workers often leave without running exit hooks.
 
 A damaged entry (bad checksum, implausible numbers, undecodable text) is a miss,
 counted in ``corrupt``, and requested again; a file of a newer schema is refused
@@ -22,7 +25,6 @@ import atexit
 import contextlib
 import os
 import sqlite3
-import sys
 import threading
 import time
 import weakref
@@ -56,7 +58,7 @@ from .schema import (
     scan_rows,
     write_transaction,
 )
-from .stats import CacheInfo, Counters, add_totals
+from .stats import CacheInfo, Counters, add_totals, in_worker
 
 __all__ = ["CompletionCache"]
 
@@ -343,14 +345,14 @@ class CompletionCache:
 
         The totals reach the file with this process's next write transaction: at
         once when the call had misses (its results were just written), else with a
-        later write or at exit. A call answered from the cache writes nothing.
+        later write or at exit. A call answered from the cache writes nothing,
+        except in a worker process (see :func:`~skllmprob.cache.stats.in_worker`):
+        there every call's counts are written when its work is done.
         """
         self._counters.count(hits=hits, misses=misses, saved_tokens=saved_tokens, waited=waited)
         self._counters.add_pending({"hits": hits, "misses": misses, "saved_tokens": saved_tokens})
-        if misses:
+        if misses or ((hits or saved_tokens) and in_worker()):
             self.flush()
-        elif hits:
-            _flush_at_exit_of_this_process()
 
     def flush(self) -> None:
         """Write this process's pending statistics to the file (if any)."""
@@ -455,18 +457,3 @@ def flush_all() -> None:
 
 
 atexit.register(flush_all)
-_EXIT_HOOKED = {os.getpid()}
-
-
-def _flush_at_exit_of_this_process() -> None:
-    """Worker processes of :mod:`multiprocessing` leave through ``os._exit``, past
-    :mod:`atexit`: their pending statistics are written by a finalizer."""
-    pid = os.getpid()
-    if pid in _EXIT_HOOKED:
-        return
-    _EXIT_HOOKED.add(pid)
-    mp = sys.modules.get("multiprocessing")
-    if mp is not None and mp.parent_process() is not None:
-        from multiprocessing.util import Finalize
-
-        Finalize(None, flush_all, exitpriority=0)

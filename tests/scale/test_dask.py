@@ -4,23 +4,24 @@ sharing the PostgreSQL cache with the driver; requests counted at the stub serve
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 from cache_helpers import make_texts
+from dask_helpers import local_cluster
+from dask_helpers import meta as _meta
+from dask_helpers import proba_frame as _proba_frame
 
 from skllmprob import LogprobClassifier
 from skllmprob.exceptions import SkllmprobError
 
 pytest.importorskip("psycopg")
-distributed = pytest.importorskip("distributed")
+pytest.importorskip("distributed")
 dd = pytest.importorskip("dask.dataframe")
 pd = pytest.importorskip("pandas")
 
 pytestmark = pytest.mark.postgres
 
-ROOT = Path(__file__).resolve().parents[2]
 KEY = "sk-dask-secret-4711"
 LABELS = ["positive", "negative"]
 
@@ -37,27 +38,8 @@ def stub():
 def cluster(pg_server):
     """Two worker processes whose environment has the API key and the database
     password (neither is ever pickled)."""
-    env = {
-        "PYTHONPATH": os.pathsep.join(
-            [
-                *map(str, (ROOT, ROOT / "tests", ROOT / "tests/scale")),
-                os.environ.get("PYTHONPATH", ""),
-            ]
-        ),
-        "OPENAI_API_KEY": KEY,
-        "PGPASSWORD": pg_server.password,
-    }
-    with (
-        distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=2,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            env=env,
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
+    env = {"OPENAI_API_KEY": KEY, "PGPASSWORD": pg_server.password}
+    with local_cluster(env, threads_per_worker=2) as client:
         yield client
 
 
@@ -82,19 +64,10 @@ def make_clf(stub, url, **kw):
     )
 
 
-def _proba_frame(part, clf):
-    proba = clf.predict_proba(part["text"].tolist())
-    return pd.DataFrame(proba, columns=[f"proba_{c}" for c in clf.classes_], index=part.index)
-
-
 def _worker_misses(url):
     from skllmprob.cache import open_cache
 
     return open_cache(url).info().misses
-
-
-def _meta(clf):
-    return pd.DataFrame({f"proba_{c}": pd.Series(dtype="float64") for c in clf.classes_})
 
 
 def test_predict_proba_over_a_dask_dataframe_sends_each_prompt_once(cluster, stub, url):
