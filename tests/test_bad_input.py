@@ -175,11 +175,13 @@ class _WrongServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+                self.server.paths.append(self.path)
                 self.server.hits += 1
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.server.hits = 0
+        self.server.paths = []  # what was asked, in order
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self):
@@ -232,13 +234,18 @@ def test_base_url_of_a_server_that_is_not_an_openai_api_fails_fast():
     with _WrongServer(404) as web:
         with pytest.raises(RequestRejectedError, match=r"404.*API root.*'/v1'"):
             server_clf(web.base_url, max_concurrency=1).predict_proba(TEXTS)
-        assert web.server.hits == 1  # not retried
+        completions = [p for p in web.server.paths if p.endswith("/completions")]
+        assert len(completions) == 1  # not retried
+        # Besides it, only the tokenizer routes were tried, once each.
+        others = [p for p in web.server.paths if not p.endswith("/completions")]
+        assert len(others) == len(set(others)) and all("tokenize" in p for p in others)
     with _WrongServer(200) as web:
         t0 = time.perf_counter()
         with pytest.raises(BackendUnavailableError, match=r"not with an OpenAI completion"):
             server_clf(web.base_url, max_concurrency=2).predict_proba(TEXTS)
         assert time.perf_counter() - t0 < 5
-        assert web.server.hits <= 2  # stopped after the first answers, none retried
+        completions = [p for p in web.server.paths if p.endswith("/completions")]
+        assert len(completions) <= 2  # stopped after the first answers, none retried
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions/"])

@@ -45,6 +45,14 @@ _NOT_THERE = (400, 404, 405, 422, 501)
 class _NoRoute(Exception):
     """The server has no such route (or does not understand the request)."""
 
+    def __init__(self, path: str, *, absent: bool = False) -> None:
+        super().__init__(path)
+        self.absent = absent  # the path itself is not there (404, 405, 501)
+
+
+#: The path each tokenize route asks.
+_PATHS = {"vllm": "/tokenize", "llama-server": "/tokenize", "llama-cpp-python": "/extras/tokenize"}
+
 
 def server_root(base_url: str) -> str:
     """The server's root URL: ``base_url`` without a trailing ``/v1``.
@@ -111,7 +119,7 @@ class ServerTokenizer:
             out = self.post_json(self.root + path, body)
         except urllib.error.HTTPError as e:
             if e.code in _NOT_THERE:
-                raise _NoRoute(path) from None
+                raise _NoRoute(path, absent=e.code in (404, 405, 501)) from None
             raise
         except ValueError:
             raise _NoRoute(path) from None
@@ -151,10 +159,15 @@ class ServerTokenizer:
             if key in _ROUTES:
                 return _ROUTES[key]
         found = None
+        absent: set[str] = set()  # paths the server does not have: not asked twice
         for route in ("vllm", "llama-server", "llama-cpp-python"):
+            if _PATHS[route] in absent:
+                continue
             try:
                 ids, _ = self._raw(route, "Hello")
-            except _NoRoute:
+            except _NoRoute as e:
+                if e.absent:
+                    absent.add(_PATHS[route])
                 continue
             except OSError as e:  # unreachable: not remembered, the next fit asks again
                 log.debug("%s: no tokenizer (%s)", self.root, type(e).__name__)
