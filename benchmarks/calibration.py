@@ -60,6 +60,7 @@ from calibration_report import (  # the folder of this script
     reliability_diagram,
     summarize,
 )
+from many_classes import plain
 
 from skllmprob import LogprobClassifier
 
@@ -136,11 +137,7 @@ def main(argv=None) -> int:
 
     methods = [m for m in args.methods if not (m == "threshold" and k != 2)]
     base = {
-        "labels": (
-            {c: c.replace("_", " ").lower() for c in classes}
-            if args.plain_labels
-            else list(classes)
-        ),
+        "labels": ({c: plain(c) for c in classes} if args.plain_labels else list(classes)),
         "prompt": args.prompt,
         "cache": cache,
         "progress": False,

@@ -48,7 +48,7 @@ def answer_descriptions(
     if unknown:
         raise ConfigurationError(
             f"descriptions has entries for {unknown[:5]}, which are not classes (the "
-            f"classes are {[c.item() if hasattr(c, 'item') else c for c in list(classes)[:10]]}); "
+            f"classes are {np.asarray(classes)[:10].tolist()}); "
             "fix the keys or the labels."
         )
     return out

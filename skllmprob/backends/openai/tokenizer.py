@@ -130,15 +130,12 @@ class ServerTokenizer:
     def _raw(self, route: str, text: str) -> tuple[list[int], list[str] | None]:
         """Token ids (and pieces where the route gives them) of ``text``."""
         if route == "vllm":
-            out = self._post(
-                "/tokenize", {"model": self.model, "prompt": text, "add_special_tokens": False}
-            )
+            body = {"model": self.model, "prompt": text, "add_special_tokens": False}
         elif route == "llama-server":
-            out = self._post(
-                "/tokenize", {"content": text, "add_special": False, "with_pieces": True}
-            )
+            body = {"content": text, "add_special": False, "with_pieces": True}
         else:
-            out = self._post("/extras/tokenize", {"model": self.model, "input": text})
+            body = {"model": self.model, "input": text}
+        out = self._post(_PATHS[route], body)
         toks = out.get("tokens")
         if not isinstance(toks, list):
             raise _NoRoute(route)
