@@ -57,11 +57,7 @@ def _toy_walk(seqs, model, label_prune, *, levels=True):
         return [model.logp(p)[t.next_ids[v]] for p, v in zip(prefixes, nodes, strict=True)]
 
     cond, lost = trie.walk(t, roots, root_lp, cut, evaluate, levels=levels)
-    seq_logp = first_lp.copy()
-    for k, steps in enumerate(t.steps):
-        for v, i in steps:
-            seq_logp[k] = seq_logp[k] + cond[v][i] if v in cond else -np.inf
-    got = np.exp(exact.class_log_mass(spec, seq_logp))
+    got = np.exp(trie.class_masses(spec, t, first_lp, cond))
     want = np.exp(exact.class_log_mass(spec, np.array([model.seq_logp(s) for s in spec.seqs])))
     return got, want, pruned + lost, calls, spec
 
@@ -121,6 +117,62 @@ def test_pruning_error_is_bounded_by_the_pruned_mass(seqs, seed, label_prune):
     np.testing.assert_allclose(got_dfs, got, rtol=1e-12, atol=1e-300)
     assert pruned_dfs == pytest.approx(pruned, rel=1e-12, abs=1e-300)
     assert all(len(c) == 1 for c in calls)
+
+
+def _toy_classes(seqs, n_classes, seed):
+    """``seqs`` shared out among ``n_classes`` classes at random (each class one at
+    least), as an answer spec."""
+    seqs = sorted(set(seqs))
+    rng = np.random.default_rng(seed)
+    owner = np.concatenate([np.arange(n_classes), rng.integers(0, n_classes, len(seqs))])
+    owner = owner[rng.permutation(len(owner))][: len(seqs)]
+    n = int(owner.max()) + 1
+    return exact.AnswerSpec(
+        n_classes=n,
+        seqs=seqs,
+        owner=owner,
+        first_ids=np.array([s[0] for s in seqs], dtype=np.int64),
+        minext=exact._shortest_extensions(seqs),
+        max_extra=max(len(s) - 1 for s in seqs),
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(label_sets, st.integers(1, 6), st.integers(0, 2**16), st.sampled_from([1e-2, 0.1, 0.5]))
+def test_classes_cut_whole_get_a_share_within_the_bound(seqs, n_classes, seed, label_prune):
+    model = _ToyModel(seed)
+    spec = _toy_classes(seqs, n_classes, seed)
+    t = trie.build_trie(spec.seqs)
+    first = model.logp(())
+    first_lp = first[spec.first_ids]
+    cut = label_prune * float(np.exp(first_lp).sum())
+    root_lp = {r: float(first[t.token[r]]) for r in t.roots.values()}
+    roots = [r for r, lp in root_lp.items() if np.exp(lp) >= cut]
+    pruned = sum(np.exp(lp) for lp in root_lp.values() if np.exp(lp) < cut)
+
+    def evaluate(nodes):
+        return [model.logp(_prefix(t, v))[t.next_ids[v]] for v in nodes]
+
+    cond, lost = trie.walk(t, roots, root_lp, cut, evaluate)
+    pruned += lost
+    got = np.exp(trie.class_masses(spec, t, first_lp, cond))
+    seq_lp = np.array([model.seq_logp(s) for s in spec.seqs])
+    want = np.exp(exact.class_log_mass(spec, seq_lp))
+    tol = 1e-12
+    assert np.all(np.abs(got - want) <= pruned + tol)
+    assert abs(got.sum() - want.sum()) <= pruned + tol
+    # A class with a scored sequence is as before (cut sequences count 0); one cut
+    # whole has a positive mass, at most the probability of its cut prefixes.
+    scored = np.array([all(v in cond for v, _ in steps) for steps in t.steps])
+    kept_lp = np.where(scored, seq_lp, -np.inf)
+    before = np.exp(exact.class_log_mass(spec, kept_lp))
+    for c in range(spec.n_classes):
+        mine = spec.owner == c
+        if scored[mine].any():
+            assert got[c] == pytest.approx(before[c], rel=1e-9, abs=1e-300)
+        else:
+            assert got[c] > 0
+            assert got[c] <= pruned + tol
 
 
 def test_levels_share_first_tokens_and_evaluate_paths_ahead():
@@ -237,9 +289,11 @@ def test_two_token_answers_keep_their_cache_key_longer_ones_get_the_pruning_scop
     assert b.request_settings(q_bank) == {
         **Backend.request_settings(b, q_bank),
         "label_prune_scope": "prefix",
+        "cut_classes": "share",
     }
     exhaustive = LlamaCppBackend(label_prune=0.0, **SETTINGS)
     assert "label_prune_scope" not in exhaustive.request_settings(q_bank)
+    assert "cut_classes" not in exhaustive.request_settings(q_bank)
 
 
 @local

@@ -59,8 +59,9 @@ class LlamaCppBackend(Backend):
         probability of all variants' first tokens; below that (``" POSITIVE"``
         after a prompt that answers ``" positive"``, or ``" card linking"`` after
         ``" card"`` when the text is about an arrival) the variants through it
-        count as 0. Each class mass is then off by at most the summed
-        probability of the cut prefixes, each below that bound. ``0``
+        count as 0; a class whose every variant is cut gets an even share of the
+        cut prefixes' probability instead. Each class mass is then off by at most
+        the summed probability of the cut prefixes, each below that bound. ``0``
         teacher-forces every variant.
     fingerprint : {"sampled", "sha256"}, default="sampled"
         How a ``model_path`` file is identified in the cache key.
@@ -157,17 +158,26 @@ class LlamaCppBackend(Backend):
         return out
 
     def request_settings(self, query: Query) -> dict[str, Any]:
-        """The default request settings, and ``"label_prune_scope": "prefix"``
-        when pruning could cut a label prefix below its first token (answers with
-        sequences of three or more tokens and ``label_prune > 0``). Since label
-        tries (:mod:`.trie`) such prefixes are cut too; answers whose sequences
-        are at most two tokens long (``" POS" + "ITIVE"``) score as before, and
-        keep their cache keys."""
+        """The default request settings, and with ``label_prune > 0``:
+
+        - ``"label_prune_scope": "prefix"`` when pruning could cut a label prefix
+          below its first token (answers with sequences of three or more tokens).
+          Since label tries (:mod:`.trie`) such prefixes are cut too; answers
+          whose sequences are at most two tokens long (``" POS" + "ITIVE"``)
+          score as before, and keep their cache keys;
+        - ``"cut_classes": "share"`` when a class has no one-token form, so that
+          pruning could cut it whole: such a class then gets a share of the cut
+          prefixes' probability instead of 0 (:mod:`.trie`, *Classes cut
+          whole*). Answers that all have a one-token form keep their keys.
+        """
         out = super().request_settings(query)
         if query.answers and self.label_prune > 0:
             spec = self._load().answer_spec(tuple(query.answers))
             if spec.max_extra > 1:
                 out["label_prune_scope"] = "prefix"
+            one_token = {int(c) for s, c in zip(spec.seqs, spec.owner, strict=True) if len(s) == 1}
+            if len(one_token) < spec.n_classes:
+                out["cut_classes"] = "share"
         return out
 
     def check_query(self, query: Query) -> None:

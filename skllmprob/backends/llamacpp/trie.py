@@ -22,6 +22,20 @@ Pruning (``label_prune``)
     events of the cut nodes cover every dropped sequence; see
     ``tests/backends/test_llamacpp_trie.py`` for the property). ``D`` is below
     ``cut`` times the number of cut nodes; :func:`answer_log_mass` returns it.
+
+Classes cut whole
+    A class none of whose sequences is scored (with many classes, most of them:
+    " apple pay or google pay" after a text about a card) would count as 0, a
+    log-mass of about -708 that no calibration can lift, however much more
+    likely it is than the other unlikely classes. Such a class gets instead a
+    share of each cut node its sequences run through: the node's probability
+    divided evenly among the classes of all the sequences through it. Its mass
+    is then between 0 and the summed probability of those nodes, as the exact
+    mass is, so it is within ``D`` of the exact mass; the shares add up to at
+    most the probability of the cut nodes, so the classes' total stays within
+    ``D`` of the exact total. A class with one scored sequence (a one-token
+    form, say) is never cut whole, so answers that all have one score as they
+    did before.
 """
 
 from __future__ import annotations
@@ -33,7 +47,7 @@ import numpy as np
 
 from .exact import AnswerSpec, class_log_mass, log_softmax_at
 
-__all__ = ["LabelTrie", "answer_log_mass", "build_trie", "walk"]
+__all__ = ["LabelTrie", "answer_log_mass", "build_trie", "class_masses", "walk"]
 
 #: The most trie nodes evaluated per decode call (each needs a logits row; the
 #: context's output buffer has one per sequence, :data:`~.model.MAX_SEQUENCES`).
@@ -253,14 +267,49 @@ def answer_log_mass(
             branches.close()
         cond.update(got)
         pruned += lost
+    return class_masses(spec, trie, seq_logp, cond), len(cond), pruned
+
+
+def class_masses(
+    spec: AnswerSpec, trie: LabelTrie, first_lp: np.ndarray, cond: dict[int, np.ndarray]
+) -> np.ndarray:
+    """Class log-masses from the first-token log-probabilities of the listed
+    sequences and the conditional ones of the evaluated nodes (``cond``).
+
+    A sequence that runs through a node that was not evaluated counts as 0, except
+    for a class all of whose sequences do (module notes, *Classes cut whole*).
+    """
+    seq_logp = np.array(first_lp, dtype=np.float64)
+    stop = np.full(len(seq_logp), -1, dtype=np.int64)
     for k, steps in enumerate(trie.steps):
         for v, i in steps:
             c = cond.get(v)
             if c is None:
-                seq_logp[k] = -np.inf
+                stop[k] = v
                 break
             seq_logp[k] += c[i]
-    return class_log_mass(spec, seq_logp), len(cond), pruned
+    stop_lp = seq_logp.copy()
+    seq_logp[stop >= 0] = -np.inf
+    mass = np.exp(class_log_mass(spec, seq_logp))
+    whole = np.ones(spec.n_classes, dtype=bool)
+    whole[spec.owner[stop < 0]] = False  # classes with a sequence that was scored
+    if whole.any():
+        mass = mass + _shares(spec.owner, stop, stop_lp, whole, spec.n_classes)
+    return np.log(np.maximum(mass, np.finfo(float).tiny))
+
+
+def _shares(owner, stop, stop_lp, whole, n_classes: int) -> np.ndarray:
+    """Each cut node's probability, split evenly among the classes of the
+    sequences through it, given to the classes that were cut whole."""
+    out = np.zeros(n_classes)
+    cut = np.flatnonzero(stop >= 0)
+    for v in np.unique(stop[cut]).tolist():
+        ks = cut[stop[cut] == v]
+        owners = np.unique(owner[ks])
+        p = float(np.exp(stop_lp[ks[0]]))
+        share = p / len(owners)
+        out[owners[whole[owners]]] += share
+    return out
 
 
 class _Branches:
