@@ -96,6 +96,13 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=5, help="labelled draws per size (default 5)")
     ap.add_argument("--shots", type=int, default=4, help="few-shot examples (default 4)")
     ap.add_argument("--shots-seed", type=int, default=0)
+    ap.add_argument(
+        "--prompts",
+        nargs="+",
+        choices=["zero-shot", "few-shot"],
+        default=["zero-shot", "few-shot"],
+        help="which prompts to run (default both)",
+    )
     ap.add_argument("--prompt", default=None, help="prompt template (default: the library's)")
     ap.add_argument("--methods", nargs="+", default=[*LABEL_FREE, *LABELLED, *ROW_FREE])
     ap.add_argument("--alpha", type=float, default=None, help="calibration_alpha override")
@@ -150,7 +157,9 @@ def main(argv=None) -> int:
     results: dict = {"configs": [], "coverage": {}}
     requests = 0
     t_start = time.perf_counter()
-    prompt_modes = [("zero-shot", None), ("few-shot", examples)]
+    prompt_modes = [
+        (m, e) for m, e in [("zero-shot", None), ("few-shot", examples)] if m in args.prompts
+    ]
     for mode, exs in prompt_modes:
         t_mode = time.perf_counter()
         for method in methods:

@@ -136,6 +136,8 @@ def check_targets(name: str, results: dict) -> list[dict]:
     # probabilities as they are, so it is not counted).
     for prompt in ("zero-shot", "few-shot"):
         raw = _find(results, prompt, "none", 0)
+        if raw is None:  # a prompt that was not run (--prompts)
+            continue
         for c in results["configs"]:
             if c["prompt"] != prompt or c["method"] in ("none", "threshold"):
                 continue
