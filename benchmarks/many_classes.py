@@ -109,21 +109,26 @@ def server(threads: int, n_ctx: int, timeout: float = 120.0):
         proc.wait(timeout=30)
 
 
-def make_classifier(args, labels, base_url, **kw) -> LogprobClassifier:
+def make_classifier(args, labels, base_url, *, label_prune=None, **kw) -> LogprobClassifier:
     if args.backend == "local":
         opts = {"n_ctx": args.n_ctx, "n_threads": args.threads}
+        if label_prune is not None:
+            opts["label_prune"] = label_prune
         return LogprobClassifier(labels=labels, backend_options=opts, progress=False, **kw)
     return LogprobClassifier(
         "gemma", labels=labels, base_url=base_url, api_key="none", progress=False, **kw
     )
 
 
-def seconds_per_text(args, labels, texts, base_url) -> float:
-    clf = make_classifier(args, labels, base_url, cache=False).fit(None, None)
-    clf.predict_proba(texts[:1])  # load the model, build the label tries
+def seconds_per_text(args, labels, texts, base_url, label_prune=None):
+    """Seconds per text (after a first call that loads the model and builds the
+    label tries) and the raw probabilities of the texts."""
+    clf = make_classifier(args, labels, base_url, cache=False, label_prune=label_prune)
+    clf.fit(None, None)
+    clf.predict_proba(texts[:1])
     t = time.perf_counter()
-    clf.predict_proba(texts)
-    return (time.perf_counter() - t) / len(texts)
+    scores = clf.score_texts(texts)
+    return (time.perf_counter() - t) / len(texts), scores.raw_proba
 
 
 def tfidf_accuracy(x_train, y_train, x_test, y_test) -> float:
@@ -145,9 +150,16 @@ def run_dataset(args, name: str, base_url) -> dict:
     x_test, y_test = [x_test[i] for i in pick], [y_test[i] for i in pick]
     speed_texts = x_test[: max(2, args.n_speed + 1)]
     out: dict = {"classes": len(labels), "n_test": len(x_test)}
-    s_all = seconds_per_text(args, labels, speed_texts, base_url)
-    s_two = seconds_per_text(args, labels[:2], speed_texts, base_url)
+    s_all, p_all = seconds_per_text(args, labels, speed_texts, base_url)
+    s_two, _ = seconds_per_text(args, labels[:2], speed_texts, base_url)
     out["speed"] = {"s_per_text": s_all, "s_per_text_2_labels": s_two, "ratio": s_all / s_two}
+    for prune in args.speed_prune if args.backend == "local" else ():
+        s_p, p_p = seconds_per_text(args, labels, speed_texts, base_url, label_prune=prune)
+        out["speed"][f"label_prune={prune:g}"] = {
+            "s_per_text": s_p,
+            "ratio": s_p / s_two,
+            "max_abs_proba_change": float(np.abs(p_p - p_all).max()),
+        }
     cache = str(args.out.with_suffix(".cache.sqlite"))
     acc: dict[str, float] = {}
     zero = make_classifier(args, labels, base_url, cache=cache).fit(None, None)
@@ -172,6 +184,13 @@ def print_table(results: dict) -> None:
         print(f"  {'s/text, all classes':<36}{sp['s_per_text']:>8.3f}")
         print(f"  {'s/text, 2 classes':<36}{sp['s_per_text_2_labels']:>8.3f}")
         print(f"  {'ratio':<36}{sp['ratio']:>8.2f}x")
+        for key, v in sp.items():
+            if key.startswith("label_prune="):
+                print(
+                    f"  {'s/text, all classes, ' + key:<36}{v['s_per_text']:>8.3f}"
+                    f"  ({v['ratio']:.2f}x; probabilities move by <= "
+                    f"{v['max_abs_proba_change']:.4f})"
+                )
         for k, v in r["accuracy"].items():
             print(f"  {'accuracy, ' + k:<36}{v:>8.3f}")
 
@@ -187,6 +206,13 @@ def main(argv=None) -> int:
     p.add_argument("--backend", choices=["local", "server"], default="local")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--n-ctx", type=int, default=4096)
+    p.add_argument(
+        "--speed-prune",
+        type=float,
+        nargs="*",
+        default=[1e-3],
+        help="local backend: also time every class with these label_prune values",
+    )
     p.add_argument("--out", type=Path, default=HERE / "results" / "many_classes.json")
     args = p.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -51,7 +51,7 @@ __all__ = ["LabelTrie", "answer_log_mass", "build_trie", "class_masses", "walk"]
 
 #: The most trie nodes evaluated per decode call (each needs a logits row; the
 #: context's output buffer has one per sequence, :data:`~.model.MAX_SEQUENCES`).
-LEVEL_OUTPUTS = 64
+LEVEL_OUTPUTS = 128
 
 
 @dataclass
