@@ -13,14 +13,8 @@ import warnings
 import numpy as np
 import pytest
 
-from skllmprob import (
-    BackendUnavailableError,
-    ConfigurationError,
-    LogprobClassifier,
-    LogprobsUnsupportedError,
-    PartialResultsError,
-    RequestRejectedError,
-)
+import skllmprob.exceptions as exc
+from skllmprob import LogprobClassifier
 from skllmprob.backends import Query
 from skllmprob.backends.llamacpp.exact import variants
 from skllmprob.backends.openai import OpenAIBackend
@@ -46,9 +40,7 @@ VOCAB = sorted({p for a in LABELS for v in variants(a) for p in pieces(v)} | {"\
 
 def distribution(text: str) -> list[tuple[str, float]]:
     """A normalized distribution over VOCAB that depends on the whole text before."""
-    logits = [
-        hashlib.sha256(f"{text}\x00{p}".encode()).digest()[0] / 32.0 for p in VOCAB
-    ]
+    logits = [hashlib.sha256(f"{text}\x00{p}".encode()).digest()[0] / 32.0 for p in VOCAB]
     m = max(logits)
     lse = m + math.log(sum(math.exp(x - m) for x in logits))
     return sorted(((p, x - lse) for p, x in zip(VOCAB, logits, strict=True)), key=lambda t: -t[1])
@@ -192,7 +184,8 @@ def test_the_exact_cache_key_differs_from_the_top_k_one():
         q_exact, q_top = exact.scorer_.query(3), top_k.scorer_.query(3)
         s_exact = exact.backend_.request_settings(q_exact)
         s_top = top_k.backend_.request_settings(q_top)
-        assert s_exact["label_scores"] == "prompt_logprobs" and s_exact["answers"] == sorted(labels)
+        assert s_exact["label_scores"] == "prompt_logprobs"
+        assert s_exact["answers"] == sorted(labels)
         assert "label_scores" not in s_top and "answers" not in s_top
         prompt = exact.render_prompts(TEXTS[:1])[0]
         identity = exact.backend_.identity()
@@ -210,7 +203,7 @@ def test_answers_cannot_be_scored_exactly_where_support_is_missing():
             b = backend(stub, "pl-stale")
             assert not b.exact
         query = Query(top_logprobs=3, answers=("positive", "negative"))
-        with pytest.raises(LogprobsUnsupportedError, match="fitted again"):
+        with pytest.raises(exc.LogprobsUnsupportedError, match="fitted again"):
             b.request_settings(query)
         assert b.request_settings(Query(top_logprobs=3)) == OpenAIBackend(
             "pl-stale", base_url=stub.base_url, endpoint="completions"
@@ -225,7 +218,7 @@ def test_a_500_partway_keeps_the_answered_prompts():
         clf = make(stub, "pl-500", cache=True, max_retries=0)
         prompts = clf.render_prompts(TEXTS)
         stub.add_fault("500", times=None, match=prompts[1] + " card")
-        with pytest.raises(PartialResultsError):
+        with pytest.raises(exc.PartialResultsError):
             clf.predict_proba(TEXTS)
         stub.clear_faults()
         stub.reset()
@@ -239,17 +232,17 @@ def test_a_rejected_scoring_request_stops_the_call():
     with vllm_stub() as stub:
         clf = make(stub, "pl-400")
         stub.add_fault("400", match=" exchange rate")
-        with pytest.raises(RequestRejectedError):
+        with pytest.raises(exc.RequestRejectedError):
             clf.predict_proba(TEXTS)
 
 
 def test_settings_that_cannot_work_are_refused():
     with vllm_stub() as stub:
-        with pytest.raises(ConfigurationError, match="endpoint='completions'"):
+        with pytest.raises(exc.ConfigurationError, match="endpoint='completions'"):
             make(stub, "pl-chat", endpoint="auto")
-        with pytest.raises(ConfigurationError, match="give one of the two"):
+        with pytest.raises(exc.ConfigurationError, match="give one of the two"):
             make(stub, "pl-both", backend_options={**OPTION, "label_token_ids": True})
-        with pytest.raises(ConfigurationError, match="label_scores='sequences'"):
+        with pytest.raises(exc.ConfigurationError, match="label_scores='sequences'"):
             make(stub, "pl-typo", backend_options={"label_scores": "sequences"})
 
 
@@ -265,5 +258,5 @@ def test_a_server_that_cannot_be_asked_fails_the_fit_clearly():
         backend_options=OPTION,
         cache=False,
     )
-    with pytest.raises(BackendUnavailableError, match="could not be asked"):
+    with pytest.raises(exc.BackendUnavailableError, match="could not be asked"):
         clf.fit(None, None)
