@@ -5,9 +5,11 @@ where the server does not serve the field."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import socket
+import time
 import warnings
 
 import numpy as np
@@ -18,6 +20,8 @@ from skllmprob import LogprobClassifier
 from skllmprob.backends import Query
 from skllmprob.backends.llamacpp.exact import variants
 from skllmprob.backends.openai import OpenAIBackend
+from skllmprob.backends.openai.runner import _RateLimiter
+from skllmprob.backends.openai.sequences import sequence_plan
 from skllmprob.cache.codec import KeyBuilder
 from skllmprob.scoring import ExactScorer, TopKScorer
 from skllmprob.testing import OpenAIStub
@@ -134,6 +138,18 @@ def test_one_request_per_sequence_through_the_sdk_with_the_top_tokens_and_usage(
     # usage: the stub's prompt tokens (its words) summed over every request of the prompt
     assert c.prompt_tokens == sum(len(t.split()) for t in [prompt, *(prompt + v for v in forms)])
     assert c.completion_tokens == 1 + len(forms)
+
+
+def test_requests_per_minute_paces_every_request_of_a_prompt():
+    query = Query(top_logprobs=2, answers=("card arrival", "exchange rate"))
+    with vllm_stub() as stub:
+        b = backend(stub, "pl-paced", requests_per_minute=600)
+        plan = b._plan(query, "sk-no-key-required", None, dict)
+        assert sequence_plan(b, plan, query).requests_per_item == 1 + 16
+    limiter = _RateLimiter(600, None)  # 10 a second, bursts of 10
+    start = time.monotonic()
+    asyncio.run(limiter.acquire(5, 13))
+    assert time.monotonic() - start >= 0.25  # 3 requests past the burst
 
 
 def test_a_second_call_is_answered_by_the_cache():

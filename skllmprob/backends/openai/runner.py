@@ -97,10 +97,12 @@ class _RateLimiter:
         self.tokens = _Bucket(tpm) if tpm else None
 
     async def acquire(self, tokens: int, requests: int = 1) -> None:
-        if self.requests is not None:
-            await self.requests.take(requests)
-        if self.tokens is not None:
-            await self.tokens.take(tokens)
+        """Wait for ``requests`` requests of ``tokens`` tokens each."""
+        for _ in range(requests):
+            if self.requests is not None:
+                await self.requests.take(1)
+            if self.tokens is not None:
+                await self.tokens.take(tokens)
 
 
 @dataclass
@@ -223,8 +225,8 @@ class _Call:
                 return
             prompt = self.prompts[i]
             if limiter is not None:
-                n = plan.requests_per_item
-                await limiter.acquire((len(prompt) // 4 + plan.token_overhead) * n, n)
+                tokens = len(prompt) // 4 + plan.token_overhead
+                await limiter.acquire(tokens, plan.requests_per_item)
             body = None if plan.request is not None else self._body(prompt)
             async with semaphore:
                 if self.fatal is not None or self.stopped:
