@@ -8,7 +8,8 @@
 - ``prompt_logprobs`` (completions): an int ``n >= 0``; each choice carries
   ``"prompt_logprobs"``: ``null`` for the first prompt token, then for each further
   position a dict ``{"<id>": {"logprob", "rank", "decoded_token"}}`` holding the
-  prompt's own token (and no others here). The prompt may be given as token ids.
+  prompt's own token (and no others here). The prompt may be given as token ids;
+  those ids are then the positions scored (as vLLM does), not the text's tokens.
 
 The log-probability of a token is the stub model's (its ``distribution`` of the text
 before it), ``-9999.0`` for a token outside it, as vLLM floors ``-inf``. A stub
@@ -95,13 +96,13 @@ def apply(stub: OpenAIStub, endpoint: str, body: dict, text: str, payload: dict)
             top.update(_listed(stub, text, ids, lp["tokens"][0]))
             lp["top_logprobs"] = [top]
     if endpoint == "completions" and body.get("prompt_logprobs") is not None:
-        choice["prompt_logprobs"] = _prompt_logprobs(stub, text)
+        choice["prompt_logprobs"] = _prompt_logprobs(stub, body.get("prompt"), text)
     return payload
 
 
-def _prompt_logprobs(stub: OpenAIStub, text: str) -> list:
+def _prompt_logprobs(stub: OpenAIStub, prompt: object, text: str) -> list:
     tok = stub.tokenizer
-    ids = tok.encode(text)
+    ids = prompt if prompt_text(stub, prompt) is not None else tok.encode(text)
     out: list = [None]
     before = tok.piece(ids[0]) if ids else ""
     for i in ids[1:]:

@@ -17,6 +17,10 @@ all (it ends its turn at once); when every answer of a call is empty, the backen
 raises :class:`~skllmprob.exceptions.LogprobsUnsupportedError` and says to use
 ``endpoint="completions"``.
 
+On vLLM, ``label_scores="prompt_logprobs"`` scores whole labels exactly instead,
+from ``prompt_logprobs`` over the prompt followed by each form of each label (see
+:mod:`~skllmprob.backends.openai.sequences`); the backend is then exact.
+
 Requests run on a background event loop (one thread per process, shared by all
 backends), with an :class:`openai.AsyncOpenAI` client per server and key, at most
 ``max_concurrency`` in flight per settings. The client does the retrying

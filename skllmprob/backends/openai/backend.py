@@ -81,6 +81,15 @@ class OpenAIBackend(OpenAISettings):
         comes back exactly, with no top-k floor (see
         :mod:`~skllmprob.backends.openai.token_ids`). Support is detected once per
         server; a server without it gets a warning and the usual top-k requests.
+    label_scores : {None, "prompt_logprobs"}, default=None
+        ``"prompt_logprobs"`` (vLLM, ``endpoint="completions"``): score every form of
+        every label exactly, multi-token labels included, from vLLM's
+        ``prompt_logprobs`` over the prompt followed by the label (one request per
+        token sequence of a label's forms, plus one for the top tokens; see
+        :mod:`~skllmprob.backends.openai.sequences`). The backend is then exact:
+        labels need no option codes, and the answers are part of the cache key.
+        Support is detected once per server and model; a server without it gets a
+        warning and the usual top-k requests (and cache keys).
     """
 
     # -- the client -----------------------------------------------------------------------
@@ -196,6 +205,10 @@ class OpenAIBackend(OpenAISettings):
         key, secret = key_for_requests(self)
         client = self._client(key)
         plan = self._plan(query, key, secret, _response_type())
+        if self._scores_sequences(query):
+            from .sequences import sequence_plan
+
+            plan = sequence_plan(self, plan, query)
         log.debug(
             "sending %d requests to %s (model %s, %s endpoint, at most %d in flight)",
             len(prompts),

@@ -96,11 +96,13 @@ class _RateLimiter:
         self.requests = _Bucket(rpm) if rpm else None
         self.tokens = _Bucket(tpm) if tpm else None
 
-    async def acquire(self, tokens: int) -> None:
-        if self.requests is not None:
-            await self.requests.take(1)
-        if self.tokens is not None:
-            await self.tokens.take(tokens)
+    async def acquire(self, tokens: int, requests: int = 1) -> None:
+        """Wait for ``requests`` requests of ``tokens`` tokens each."""
+        for _ in range(requests):
+            if self.requests is not None:
+                await self.requests.take(1)
+            if self.tokens is not None:
+                await self.tokens.take(tokens)
 
 
 @dataclass
@@ -123,6 +125,8 @@ class _Plan:
     #: ``request(client, prompt)`` sends one prompt and parses its answer, for
     #: endpoints other than chat and completions (``None``: those two).
     request: Callable[[Any, str], Awaitable[Completion]] | None = None
+    #: The HTTP requests ``request`` sends per prompt (each paced as one).
+    requests_per_item: int = 1
 
 
 def pacing_fields(settings: Any, base: tuple) -> dict[str, Any]:
@@ -221,7 +225,8 @@ class _Call:
                 return
             prompt = self.prompts[i]
             if limiter is not None:
-                await limiter.acquire(len(prompt) // 4 + plan.token_overhead)
+                tokens = len(prompt) // 4 + plan.token_overhead
+                await limiter.acquire(tokens, plan.requests_per_item)
             body = None if plan.request is not None else self._body(prompt)
             async with semaphore:
                 if self.fatal is not None or self.stopped:

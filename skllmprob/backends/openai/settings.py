@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..._secrets import SecretKey, mask_url, reveal, wrap_url_secret
-from ...exceptions import ConfigurationError
+from ...exceptions import ConfigurationError, LogprobsUnsupportedError
 from ..base import Backend, Query
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -48,11 +48,29 @@ def _check_settings(endpoint, max_tokens_param, max_concurrency, rpm, tpm) -> No
             raise ConfigurationError(f"{name} must be positive (or None for no limit).")
 
 
+def _check_label_scores(label_scores, label_token_ids: bool, endpoint: str) -> None:
+    if label_scores is None:
+        return
+    if label_scores != "prompt_logprobs":
+        raise ConfigurationError(
+            f"label_scores={label_scores!r}; use 'prompt_logprobs' (vLLM) or None."
+        )
+    if label_token_ids:
+        raise ConfigurationError(
+            "label_scores='prompt_logprobs' scores whole labels exactly and "
+            "label_token_ids=True lists their first tokens: give one of the two."
+        )
+    if endpoint == "chat":
+        raise ConfigurationError(
+            "label_scores='prompt_logprobs' sends the prompt as token ids to vLLM's "
+            "/v1/completions, without a chat template: give endpoint='completions' "
+            "(for an instruction-tuned model, put its chat template in the prompt)."
+        )
+
+
 class OpenAISettings(Backend):
     """The settings part of :class:`~skllmprob.backends.openai.OpenAIBackend` (see
     there for the parameters)."""
-
-    exact = False
 
     def __init__(
         self,
@@ -76,6 +94,7 @@ class OpenAISettings(Backend):
         extra_body: dict | None = None,
         default_headers: dict | None = None,
         label_token_ids: bool = False,
+        label_scores: str | None = None,
     ) -> None:
         if not isinstance(model, str) or not model:
             raise ConfigurationError("model must be a non-empty model name, e.g. 'gpt-4o-mini'.")
@@ -101,6 +120,8 @@ class OpenAISettings(Backend):
         self.extra_body = dict(extra_body) if extra_body else None
         self.default_headers = dict(default_headers) if default_headers else None
         self.label_token_ids = bool(label_token_ids)
+        _check_label_scores(label_scores, self.label_token_ids, self.resolved_endpoint())
+        self.label_scores = label_scores
         if api_key is not None and not isinstance(api_key, SecretKey):
             api_key = SecretKey(api_key)
         # A SecretKey: a pickle drops its value (it is read from the environment
@@ -186,7 +207,32 @@ class OpenAISettings(Backend):
         ids = self._label_ids(query)
         if ids is not None:
             out["logprob_token_ids"] = ids
+        if self._scores_sequences(query):
+            out["label_scores"] = self.label_scores
+            out["answers"] = list(query.answers)
         return out
+
+    @property
+    def exact(self) -> bool:  # type: ignore[override]
+        """Whether whole answers are scored (``label_scores`` on a server that serves
+        ``prompt_logprobs``; detected once per server and model in a process)."""
+        if self.label_scores is None:
+            return False
+        from .sequences import serves_prompt_logprobs
+
+        return serves_prompt_logprobs(self)
+
+    def _scores_sequences(self, query: Query) -> bool:
+        """Whether ``query`` is answered with exact label scores (``prompt_logprobs``)."""
+        if self.label_scores is None or not query.answers:
+            return False
+        if not self.exact:
+            raise LogprobsUnsupportedError(
+                f"{self.shown_url()} does not serve prompt_logprobs (found in this "
+                "process), so the answers cannot be scored exactly; a classifier fitted "
+                "when it did must be fitted again (it then reads the top-k tokens)."
+            )
+        return True
 
     @property
     def wants_answers(self) -> bool:
