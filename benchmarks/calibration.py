@@ -92,6 +92,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("data", type=Path, help="folder with train.csv and test.csv (text,label)")
     ap.add_argument("--n-test", type=int, default=500, help="first N test rows (default 500)")
+    ap.add_argument(
+        "--test-rows",
+        choices=["first", "random"],
+        default="first",
+        help="the first N test rows, or N drawn at random (seed 0; for test files sorted "
+        "by class, as Banking77's)",
+    )
     ap.add_argument("--n-labels", type=int, nargs="+", default=[16, 64, 256])
     ap.add_argument("--seeds", type=int, default=5, help="labelled draws per size (default 5)")
     ap.add_argument("--shots", type=int, default=4, help="few-shot examples (default 4)")
@@ -127,7 +134,10 @@ def main(argv=None) -> int:
     cache = args.cache or str(out / "cache.sqlite")
 
     train = pd.read_csv(args.data / "train.csv", keep_default_na=False)
-    test = pd.read_csv(args.data / "test.csv", keep_default_na=False).iloc[: args.n_test]
+    test = pd.read_csv(args.data / "test.csv", keep_default_na=False)
+    if args.test_rows == "random":
+        test = test.iloc[np.random.default_rng(0).permutation(len(test))]
+    test = test.iloc[: args.n_test]
     classes = np.array(sorted(set(train.label)))
     k = len(classes)
     y_test = np.searchsorted(classes, test.label.to_numpy())
