@@ -34,7 +34,7 @@ from pathlib import Path
 from ..backends.base import Completion
 from ..exceptions import CacheError
 from .claims import CLAIM_TIMEOUT, HOST, ClaimSession, NullSession, pid_alive
-from .codec import Decoder, encode
+from .codec import Decoder, encode, gc_paused
 from .files import (
     MOVE_ASIDE,
     WHERE,
@@ -238,13 +238,16 @@ class CompletionCache:
         the same keys do not count them again)."""
         out: dict[bytes, Completion] = {}
         bad: list[bytes] = []
-        rows = scan_rows(conn, keys)
-        for chunk in [rows] if rows is not None else chunks(keys, self._chunk):
-            found, damaged = self._decoder.many(
-                chunk if rows is not None else rows_of(conn, chunk)
-            )
-            out.update(found)
-            bad.extend(damaged)
+        with gc_paused():  # many new objects, no cycles (see gc_paused)
+            rows = scan_rows(conn, keys)
+            if rows is not None:
+                out, bad = self._decoder.many(rows)
+                del rows  # the rows' tuples, before the collector sees them
+            else:
+                for chunk in chunks(keys, self._chunk):
+                    found, damaged = self._decoder.many(rows_of(conn, chunk))
+                    out.update(found)
+                    bad.extend(damaged)
         self._memory.put_many(out.items())
         if bad and report:
             self._counters.found_damaged(bad)
