@@ -34,7 +34,7 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from itertools import chain
+from itertools import chain, islice
 
 import numpy as np
 
@@ -172,15 +172,12 @@ class TokenMatcher:
         flat = np.fromiter(
             map(memo.__getitem__, chain.from_iterable(rows)), dtype=np.intp, count=lens.sum()
         )
-        start, keep = 0, []
-        for i, toks, end in zip(at, rows, np.cumsum(lens).tolist(), strict=True):
-            parts[i] = arr = flat[start:end]
-            start = end
-            if type(toks) is tuple:
-                keep.append(toks)
-                keep.append(arr)
-        if keep:
-            memo.remember(keep)
+        ends = np.cumsum(lens)
+        views = list(map(flat.__getitem__, map(slice, (ends - lens).tolist(), ends.tolist())))
+        if len(at) < len(parts):
+            for i, view in zip(at, views, strict=True):
+                parts[i] = view
+        memo.remember(rows, views)
         return flat
 
     def _classify(self, token: str) -> int:
@@ -235,21 +232,24 @@ class _Memo(dict):
         self.row_classes: dict[int, np.ndarray] = {}
         self._rows_lock = threading.Lock()
 
-    def remember(self, items: list) -> None:
-        """Remember rows given as ``[tuple, classes, tuple, classes, ...]``."""
+    def remember(self, rows: list, classes: list) -> None:
+        """Remember the classes of the rows that are tuples."""
+        if not all(type(toks) is tuple for toks in rows):
+            keep = [i for i, toks in enumerate(rows) if type(toks) is tuple]
+            rows, classes = [rows[i] for i in keep], [classes[i] for i in keep]
+        ids = list(map(id, rows))
         with self._rows_lock:
-            rows, classes = self.rows, self.row_classes
-            for i in range(0, len(items), 2):
-                key = id(items[i])
-                classes[key] = items[i + 1]  # before the tuple: readers check it first
-                rows[key] = items[i]
-            while len(rows) > _MAX_ROWS:
-                key = next(iter(rows))
-                del rows[key]
-                classes.pop(key, None)
+            self.row_classes.update(zip(ids, classes, strict=True))  # readers check rows first
+            self.rows.update(zip(ids, rows, strict=True))
+            excess = len(self.rows) - _MAX_ROWS
+            if excess > 0:
+                for key in list(islice(self.rows, excess)):
+                    del self.rows[key]
+                    self.row_classes.pop(key, None)
 
     def __missing__(self, token: str) -> int:
-        idx = _class_of(self._table, token)
+        norm = token.strip().casefold()  # normalize_token, inline: once per new token
+        idx = self._table.get(norm, -1) if norm else -1
         if len(self) < 100_000:
             self[token] = idx
         return idx
