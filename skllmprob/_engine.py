@@ -12,6 +12,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Sequence
+from operator import attrgetter
 
 from .backends.base import Backend, Completion, Query
 from .cache import CompletionCache, KeyBuilder, NullCache
@@ -19,6 +20,9 @@ from .exceptions import PartialResultsError
 from .usage import Usage
 
 __all__ = ["fetch_completions"]
+
+_PROMPT_TOKENS = attrgetter("prompt_tokens")
+_COMPLETION_TOKENS = attrgetter("completion_tokens")
 
 
 def _progress_bar(total: int, progress: bool | str):
@@ -96,7 +100,7 @@ def fetch_completions(
             )
     finally:
         hits = [results[k] for k in keys if k in results and k not in sent]
-        saved = sum(c.prompt_tokens + c.completion_tokens for c in hits)
+        saved = sum(map(_PROMPT_TOKENS, hits)) + sum(map(_COMPLETION_TOKENS, hits))
         usage.cache_hits += len(hits)
         usage.saved_tokens += saved
         cache.record(hits=len(hits), misses=len(sent), saved_tokens=saved, waited=waited)

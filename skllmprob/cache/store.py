@@ -13,6 +13,11 @@ worker process (joblib's loky workers, :mod:`multiprocessing`, Dask) they are
 written when each call's work is done, because the parent reads the totals while
 its workers live on, and workers often leave without running exit hooks.
 
+Reading many entries from the file pauses Python's cyclic garbage collector for
+the read (:func:`~skllmprob.cache.codec.gc_paused`): the completions it creates hold
+no reference cycles, and without the pause their number triggers dozens of
+collections, often a full one of the whole process right after large imports.
+
 A damaged entry (bad checksum, implausible numbers, undecodable text) is a miss,
 counted in ``corrupt``, and requested again; a file of a newer schema is refused
 with :class:`~skllmprob.exceptions.CacheError`; a read-only file serves its entries
