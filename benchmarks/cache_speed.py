@@ -21,6 +21,10 @@ The target is ``warm`` ratio <= 1.0 (issue 4). Usage::
 
     python benchmarks/cache_speed.py /work/shared/data/sst2/train.csv --n 10000 \
         --json cache_speed.json
+
+``--breakdown`` adds one more fresh process, not timed with the others: the first
+``predict_proba`` under :mod:`cProfile` (its slowest functions, by own time) and
+the time of the garbage collections that ran inside it.
 """
 
 from __future__ import annotations
@@ -68,11 +72,15 @@ def timed(fn) -> float:
 
 def child(cache: str, texts_file: str, model_file: str, collect: str) -> None:
     """The new-process measurement: first calls of each model in a fresh process
-    (``collect == "1"``: a full garbage collection before each)."""
+    (``collect == "1"``: a full garbage collection before each; ``"profile"``: the
+    breakdown of skllmprob's call instead)."""
     texts = json.loads(Path(texts_file).read_text())
     with open(model_file, "rb") as f:
         tfidf = pickle.load(f)
     clf = make_clf(cache)
+    if collect == "profile":
+        breakdown(clf, texts)
+        return
     before = gc.collect if collect == "1" else lambda: None
     before()
     t_llm = timed(lambda: clf.predict_proba(texts))
@@ -82,12 +90,43 @@ def child(cache: str, texts_file: str, model_file: str, collect: str) -> None:
     print(json.dumps({"llm": t_llm, "tfidf": t_tfidf}))
 
 
+def breakdown(clf: LogprobClassifier, texts: list[str]) -> None:
+    """The first ``predict_proba`` of this process under cProfile, and its garbage
+    collections (generation, milliseconds)."""
+    import cProfile
+    import io
+    import pstats
+
+    collections: list[tuple[int, float]] = []
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            collections.append((info["generation"], 1000 * (time.perf_counter() - started[0])))
+
+    gc.callbacks.append(on_gc)
+    profile = cProfile.Profile()
+    profile.runcall(clf.predict_proba, texts)
+    gc.callbacks.remove(on_gc)
+    out = io.StringIO()
+    pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(15)
+    print(out.getvalue())
+    total = sum(ms for _, ms in collections)
+    by_gen = {g: sum(ms for gen, ms in collections if gen == g) for g in (0, 1, 2)}
+    print(f"garbage collections: {len(collections)}, {total:.1f} ms (by generation {by_gen})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("data", help="a CSV file with a 'text' column (and 'label')")
     parser.add_argument("--n", type=int, default=10_000, help="texts to predict")
     parser.add_argument("--repeat", type=int, default=7, help="timed rounds per case")
     parser.add_argument("--json", help="write the results to this JSON file")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="profile the first call of a new process"
+    )
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -144,6 +183,10 @@ def main() -> None:
             r = json.loads(out.stdout.strip().splitlines()[-1])
             llm_times.append(r["llm"])
             tf_times_fresh.append(r["tfidf"])
+
+    if args.breakdown:
+        cmd = [sys.executable, __file__, args.data, "--child", cache, texts_file, model_file]
+        print(subprocess.run([*cmd, "profile"], capture_output=True, text=True, check=True).stdout)
 
     rows = []
     for name in cases:

@@ -12,6 +12,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Sequence
+from operator import attrgetter
 
 from .backends.base import Backend, Completion, Query
 from .cache import CompletionCache, KeyBuilder, NullCache
@@ -19,6 +20,9 @@ from .exceptions import PartialResultsError
 from .usage import Usage
 
 __all__ = ["fetch_completions"]
+
+_PROMPT_TOKENS = attrgetter("prompt_tokens")
+_COMPLETION_TOKENS = attrgetter("completion_tokens")
 
 
 def _progress_bar(total: int, progress: bool | str):
@@ -79,29 +83,28 @@ def fetch_completions(
     """
     backend.check_query(query)
     keyer = KeyBuilder(backend.identity(), backend.request_settings(query))
-    unique = list(dict.fromkeys(prompts))
-    keys = keyer.many(unique)
+    # Duplicated prompts share a key: keys are cheaper to compare than long prompts.
+    all_keys = keyer.many(prompts)
+    key_prompts = dict(zip(all_keys, prompts, strict=True))
+    keys = list(key_prompts)
     results = cache.get_many(keys)
     usage = Usage() if usage is None else usage
-    usage.prompts += len(unique)
+    usage.prompts += len(keys)
     sent: set[bytes] = set()
     waited = 0
     try:
         if len(results) < len(keys):
-            prompt_of = {k: p for k, p in zip(keys, unique, strict=True) if k not in results}
+            prompt_of = {k: p for k, p in key_prompts.items() if k not in results}
             waited = _fetch_missing(
                 backend, cache, query, prompt_of, results, sent, usage, progress
             )
     finally:
         hits = [results[k] for k in keys if k in results and k not in sent]
-        saved = sum(c.prompt_tokens + c.completion_tokens for c in hits)
+        saved = sum(map(_PROMPT_TOKENS, hits)) + sum(map(_COMPLETION_TOKENS, hits))
         usage.cache_hits += len(hits)
         usage.saved_tokens += saved
         cache.record(hits=len(hits), misses=len(sent), saved_tokens=saved, waited=waited)
-    if len(unique) == len(prompts):
-        return [results[k] for k in keys], usage
-    key_of = dict(zip(unique, keys, strict=True))
-    return [results[key_of[p]] for p in prompts], usage
+    return [results[k] for k in all_keys], usage
 
 
 def _fetch_missing(

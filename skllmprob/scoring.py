@@ -34,6 +34,7 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from itertools import chain, islice
 
 import numpy as np
 
@@ -100,7 +101,7 @@ class TokenMatcher:
         self.answers = list(answers)
         self.n_classes = len(self.answers)
         self._exact: dict[str, int] = {}
-        self._words: list[str] = []
+        words: list[str] = []
         if first_tokens is not None:
             for i, toks in enumerate(first_tokens):
                 for t in toks:
@@ -109,14 +110,17 @@ class TokenMatcher:
             for i, a in enumerate(self.answers):
                 self._exact.setdefault(normalize_token(a), i)
                 self._exact.setdefault(first_word(a), i)
-            self._words = [first_word(a) for a in self.answers]
+            words = [first_word(a) for a in self.answers]
+        # One look-up per token: the exact entries, else a prefix (3 characters or
+        # more) of exactly one class's first word.
+        self._table = {**_unique_prefixes(words), **self._exact}
         # Matchers with the same answers share their memo (a cache of a pure
         # function), so repeated predictions skip classifying tokens seen before.
         config = (tuple(self.answers), None if first_tokens is None else self._exact_key())
         with _MEMOS_LOCK:
             memo = _MEMOS.get(config)
             if memo is None:
-                memo = _MEMOS[config] = _Memo(self._classify)
+                memo = _MEMOS[config] = _Memo(self._table)
                 while len(_MEMOS) > _MAX_MEMOS:
                     del _MEMOS[next(iter(_MEMOS))]
         self._memo = memo
@@ -133,40 +137,70 @@ class TokenMatcher:
         The result of a row given as a tuple is remembered for as long as the tuple
         lives in the memo (keyed by the tuple's identity, which the memo keeps
         alive): completions served from the cache's memory layer are the same
-        objects call after call, so their tokens are classified once.
+        objects call after call, so their tokens are classified once. The rows
+        not remembered are classified together, each distinct token once.
 
         >>> m = TokenMatcher(["yes", "no"])
         >>> m.row_classes([(" yes", "x"), ["No"]])
         array([ 0, -1,  1])
         """
         memo = self._memo
-        seen = memo.rows
-        lookup = memo.__getitem__
-        parts = []
-        fresh = []
+        seen_rows, seen_classes = memo.rows.get, memo.row_classes.get
+        parts: list = []
+        at: list[int] = []  # the positions in parts of the rows not remembered
         for toks in rows:
-            hit = seen.get(id(toks))
-            if hit is not None and hit[0] is toks:
-                parts.append(hit[1])
-                continue
-            arr = np.fromiter(map(lookup, toks), dtype=np.intp, count=len(toks))
-            parts.append(arr)
-            if type(toks) is tuple:
-                fresh.append((toks, arr))
-        if fresh:
-            memo.remember(fresh)
+            key = id(toks)
+            hit = seen_classes(key) if seen_rows(key) is toks else None
+            if hit is None:
+                at.append(len(parts))
+            parts.append(hit if hit is not None else toks)
+        if at:
+            flat = self._classify_rows(at, parts)
+            if len(at) == len(parts):
+                return flat.copy()  # the memo keeps views of it
         if not parts:
             return np.empty(0, dtype=np.intp)
         return np.concatenate(parts)
 
+    def _classify_rows(self, at: list[int], parts: list) -> np.ndarray:
+        """Replace the rows at the positions ``at`` of ``parts`` by their classes
+        (one pass over all their tokens) and remember the tuples; returns the
+        classes of all of them, concatenated."""
+        memo = self._memo
+        rows = [parts[i] for i in at]
+        lens = np.fromiter(map(len, rows), dtype=np.intp, count=len(rows))
+        flat = np.fromiter(
+            map(memo.__getitem__, chain.from_iterable(rows)), dtype=np.intp, count=lens.sum()
+        )
+        ends = np.cumsum(lens)
+        views = list(map(flat.__getitem__, map(slice, (ends - lens).tolist(), ends.tolist())))
+        if len(at) < len(parts):
+            for i, view in zip(at, views, strict=True):
+                parts[i] = view
+        memo.remember(rows, views)
+        return flat
+
     def _classify(self, token: str) -> int:
-        norm = normalize_token(token)
-        idx = self._exact.get(norm, -1) if norm else -1
-        if idx < 0 and len(norm) >= 3 and self._words:
-            owners = [i for i, w in enumerate(self._words) if w.startswith(norm)]
-            if len(owners) == 1:
-                idx = owners[0]
-        return idx
+        return _class_of(self._table, token)
+
+
+def _class_of(table: dict[str, int], token: str) -> int:
+    norm = normalize_token(token)
+    return table.get(norm, -1) if norm else -1
+
+
+def _unique_prefixes(words: Sequence[str]) -> dict[str, int]:
+    """Every prefix of at least three characters of the ``words`` (one per class)
+    that starts the word of exactly one class, with that class.
+
+    >>> _unique_prefixes(["sport", "spot"])
+    {'spor': 0, 'sport': 0, 'spot': 1}
+    """
+    owners: dict[str, set[int]] = {}
+    for i, w in enumerate(words):
+        for end in range(3, len(w) + 1):
+            owners.setdefault(w[:end], set()).add(i)
+    return {p: next(iter(o)) for p, o in owners.items() if len(o) == 1}
 
 
 _MEMOS: dict = {}
@@ -188,24 +222,34 @@ if hasattr(os, "register_at_fork"):
 
 class _Memo(dict):
     """Token -> class memo that computes missing entries (bounded in size), and
-    ``rows``: id(tuple of tokens) -> (the tuple, its classes)."""
+    the remembered rows: ``rows`` maps id(tuple of tokens) to the tuple (kept alive,
+    so that its id is not reused), ``row_classes`` the same id to its classes."""
 
-    def __init__(self, compute) -> None:
+    def __init__(self, table: dict[str, int]) -> None:
         super().__init__()
-        self._compute = compute
+        self._table = table
         self.rows: dict[int, tuple] = {}
+        self.row_classes: dict[int, np.ndarray] = {}
         self._rows_lock = threading.Lock()
 
-    def remember(self, items: list) -> None:
+    def remember(self, rows: list, classes: list) -> None:
+        """Remember the classes of the rows that are tuples."""
+        if not all(type(toks) is tuple for toks in rows):
+            keep = [i for i, toks in enumerate(rows) if type(toks) is tuple]
+            rows, classes = [rows[i] for i in keep], [classes[i] for i in keep]
+        ids = list(map(id, rows))
         with self._rows_lock:
-            rows = self.rows
-            for toks, arr in items:
-                rows[id(toks)] = (toks, arr)
-            while len(rows) > _MAX_ROWS:
-                del rows[next(iter(rows))]
+            self.row_classes.update(zip(ids, classes, strict=True))  # readers check rows first
+            self.rows.update(zip(ids, rows, strict=True))
+            excess = len(self.rows) - _MAX_ROWS
+            if excess > 0:
+                for key in list(islice(self.rows, excess)):
+                    del self.rows[key]
+                    self.row_classes.pop(key, None)
 
     def __missing__(self, token: str) -> int:
-        idx = self._compute(token)
+        norm = token.strip().casefold()  # normalize_token, inline: once per new token
+        idx = self._table.get(norm, -1) if norm else -1
         if len(self) < 100_000:
             self[token] = idx
         return idx

@@ -36,6 +36,7 @@ from ..backends.base import Completion
 from ..exceptions import CacheError, ConfigurationError
 from .codec import Decoder as _Decoder
 from .codec import encode as _encode
+from .codec import gc_paused as _gc_paused
 from .memory import MemoryLayer as _Memory
 from .memory import default_memory_bytes as _default_memory_bytes
 from .pgclaims import _DEAD_CLAIMS, PgClaimSession, _psycopg
@@ -259,13 +260,15 @@ class PostgresCache:
         """Read and decode the rows of ``keys`` that exist and can be decoded;
         unreadable rows are deleted (they are written again when requested)."""
         rows, keys = [], list(keys)
-        for start in range(0, len(keys), _CHUNK):
-            rows += conn.execute(
-                "SELECT key, data, tokens FROM skllmprob_completions WHERE key = ANY(%s)",
-                (keys[start : start + _CHUNK],),
-                binary=True,
-            ).fetchall()
-        out, corrupt = self._decoder.many([(bytes(k), bytes(d), bytes(t)) for k, d, t in rows])
+        with _gc_paused():  # many new objects, no cycles (see codec.gc_paused)
+            for start in range(0, len(keys), _CHUNK):
+                rows += conn.execute(
+                    "SELECT key, data, tokens FROM skllmprob_completions WHERE key = ANY(%s)",
+                    (keys[start : start + _CHUNK],),
+                    binary=True,
+                ).fetchall()
+            out, corrupt = self._decoder.many([(bytes(k), bytes(d), bytes(t)) for k, d, t in rows])
+            del rows
         self._memory.put_many(out.items())
         if corrupt:
             conn.execute("DELETE FROM skllmprob_completions WHERE key = ANY(%s)", (corrupt,))

@@ -13,6 +13,11 @@ worker process (joblib's loky workers, :mod:`multiprocessing`, Dask) they are
 written when each call's work is done, because the parent reads the totals while
 its workers live on, and workers often leave without running exit hooks.
 
+Reading many entries from the file pauses Python's cyclic garbage collector for
+the read (:func:`~skllmprob.cache.codec.gc_paused`): the completions it creates hold
+no reference cycles, and without the pause their number triggers dozens of
+collections, often a full one of the whole process right after large imports.
+
 A damaged entry (bad checksum, implausible numbers, undecodable text) is a miss,
 counted in ``corrupt``, and requested again; a file of a newer schema is refused
 with :class:`~skllmprob.exceptions.CacheError`; a read-only file serves its entries
@@ -34,7 +39,7 @@ from pathlib import Path
 from ..backends.base import Completion
 from ..exceptions import CacheError
 from .claims import CLAIM_TIMEOUT, HOST, ClaimSession, NullSession, pid_alive
-from .codec import Decoder, encode
+from .codec import Decoder, encode, gc_paused
 from .files import (
     MOVE_ASIDE,
     WHERE,
@@ -238,13 +243,16 @@ class CompletionCache:
         the same keys do not count them again)."""
         out: dict[bytes, Completion] = {}
         bad: list[bytes] = []
-        rows = scan_rows(conn, keys)
-        for chunk in [rows] if rows is not None else chunks(keys, self._chunk):
-            found, damaged = self._decoder.many(
-                chunk if rows is not None else rows_of(conn, chunk)
-            )
-            out.update(found)
-            bad.extend(damaged)
+        with gc_paused():  # many new objects, no cycles (see gc_paused)
+            rows = scan_rows(conn, keys)
+            if rows is not None:
+                out, bad = self._decoder.many(rows)
+                del rows  # the rows' tuples, before the collector sees them
+            else:
+                for chunk in chunks(keys, self._chunk):
+                    found, damaged = self._decoder.many(rows_of(conn, chunk))
+                    out.update(found)
+                    bad.extend(damaged)
         self._memory.put_many(out.items())
         if bad and report:
             self._counters.found_damaged(bad)
