@@ -276,7 +276,10 @@ def test_auto_with_few_rows_uses_fewer_folds_or_falls_back():
     y[:] = 0
     y[:3] = 1  # three of the rare class: three folds
     assert AutoCalibrator(**{**SMALL_GRID, "cv": 5}).fit(z, y).n_splits_ == 3
-    y[1:] = 0  # one: no cross-validation
+    y[1:] = 0  # one of the rare class: folds without strata
+    once = AutoCalibrator(**{**SMALL_GRID, "cv": 5}).fit(z, y)
+    assert (once.n_splits_, once.stratified_) == (5, False)
+    y[:] = 0  # one class alone: no cross-validation
     with pytest.warns(
         UserWarning, match="too few for cross-validation.*fitted calibration='bias'"
     ):
@@ -293,6 +296,30 @@ def test_auto_with_few_rows_uses_fewer_folds_or_falls_back():
     np.testing.assert_array_equal(
         a.cv_results_["mean_test_score"], b.cv_results_["mean_test_score"]
     )
+
+
+def test_auto_with_classes_seen_once_uses_folds_without_strata():
+    # 64 rows over 40 classes, most of them once or never, with a strong bias the
+    # labels reveal: the folds cannot be stratified, but cross-validation still
+    # tells the candidates apart (no fallback to "bias").
+    k, n = 40, 64
+    rng = np.random.default_rng(31)
+    bias = np.linspace(-3, 3, k)
+    truth = rng.normal(0, 2.0, size=(n, k))
+    y = truth.argmax(axis=1)
+    z = 0.3 * truth - bias  # compressed log-odds, shifted
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "too few" warning
+        warnings.filterwarnings("ignore", message=".*no labelled sample.*")
+        fitted = AutoCalibrator(**SMALL_GRID).fit(z, y)
+    assert not fitted.stratified_ and fitted.n_splits_ == 3  # SMALL_GRID: cv=3
+    assert np.isfinite(fitted.cv_results_["mean_test_score"]).all()
+    best = np.nanargmax(fitted.cv_results_["mean_test_score"])
+    assert fitted.chosen_ == fitted.cv_results_["params"][best]
+    # Stratified as soon as every labelled class has two samples.
+    y2 = np.repeat(np.arange(4), 10)
+    z2 = rng.normal(size=(40, 4))
+    assert AutoCalibrator(**SMALL_GRID).fit(z2, y2).stratified_
 
 
 def test_auto_scoring_by_name_and_by_scorer():

@@ -8,7 +8,7 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import get_scorer
-from sklearn.model_selection import RepeatedStratifiedKFold
+from sklearn.model_selection import RepeatedKFold, RepeatedStratifiedKFold
 
 from .. import calibration as _cal
 from ..exceptions import ConfigurationError
@@ -61,10 +61,15 @@ class AutoCalibrator(Calibrator):
     Samples of zero weight take no part in the folds.
 
     With few labelled samples the number of folds drops to the number of
-    samples of the rarest class (present classes only); when that is below 2
-    (or only one class is labelled), there is no cross-validation: ``"bias"``
-    with the default penalty is fitted, with a warning, and ``cv_results_``
-    has that single row with NaN scores.
+    samples of the rarest class (present classes only). When a class has a
+    single sample (many classes, few labels: 64 rows over 77 intents), the
+    folds cannot be stratified, and they are drawn without stratification
+    (``stratified_`` is False): a held-out sample's class may then be missing
+    from the fold the candidates were fitted on, which is how the fitted
+    calibrator will meet the classes it saw once or never. Only with a single
+    labelled class, or fewer than 4 samples, is there no cross-validation:
+    ``"bias"`` with the default penalty is fitted, with a warning, and
+    ``cv_results_`` has that single row with NaN scores.
 
     Parameters
     ----------
@@ -104,6 +109,8 @@ class AutoCalibrator(Calibrator):
         repeat), ``mean_test_score``, ``std_test_score``, ``rank_test_score``.
     n_splits_ : int
         The number of folds of each repeat (0: no cross-validation).
+    stratified_ : bool
+        Whether the folds were stratified by class.
 
     Examples
     --------
@@ -180,15 +187,13 @@ class AutoCalibrator(Calibrator):
         self._warn_missing_classes(y, sample_weight)
         w = np.ones(len(y)) if sample_weight is None else sample_weight
         keep = w > 0
-        counts = np.bincount(y[keep], minlength=self.n_classes_)
-        present = counts[counts > 0]
-        self.n_splits_ = int(min(self.cv, present.min())) if len(present) >= 2 else 0
+        self.n_splits_, self.stratified_ = _folds(self.cv, y[keep], self.n_classes_)
         if self.n_splits_ < 2:
             self.n_splits_, winner = 0, ("bias", _cal.DEFAULT_ALPHA)
             self.cv_results_ = _results([winner], np.full((1, 0), np.nan))
             warnings.warn(
                 "calibration='auto': the labelled samples are too few for "
-                "cross-validation (a class has fewer than 2, or one class alone); fitted "
+                "cross-validation (one class alone, or fewer than 4 samples); fitted "
                 f"calibration='bias' with alpha={_cal.DEFAULT_ALPHA} instead.",
                 UserWarning,
                 stacklevel=outside_stacklevel(),
@@ -208,7 +213,8 @@ class AutoCalibrator(Calibrator):
     def _cross_validate(self, candidates, z, y, w, weighted: bool) -> np.ndarray:
         """Held-out scores, shape (n_candidates, n_splits * n_repeats)."""
         scorer = self._scorer()
-        folds = RepeatedStratifiedKFold(
+        kind = RepeatedStratifiedKFold if self.stratified_ else RepeatedKFold
+        folds = kind(
             n_splits=self.n_splits_, n_repeats=self.n_repeats, random_state=self.random_state
         )
         scores = np.empty((len(candidates), self.n_splits_ * self.n_repeats))
@@ -242,6 +248,26 @@ class AutoCalibrator(Calibrator):
 
     def _proba(self, log_mass: np.ndarray) -> np.ndarray:
         return self.best_calibrator_._proba(log_mass)
+
+
+def _folds(cv: int, y: np.ndarray, n_classes: int) -> tuple[int, bool]:
+    """The number of folds for the labels ``y`` and whether they are stratified
+    (``0``: no cross-validation).
+
+    >>> _folds(5, np.array([0] * 30 + [1] * 3), 2)
+    (3, True)
+    >>> _folds(5, np.array([0] * 30 + [1, 2]), 3)
+    (5, False)
+    >>> _folds(5, np.array([0] * 30), 2)
+    (0, True)
+    """
+    counts = np.bincount(y, minlength=n_classes)
+    present = counts[counts > 0]
+    if len(present) < 2 or len(y) < 4:
+        return 0, True
+    if present.min() >= 2:
+        return int(min(cv, present.min())), True
+    return int(min(cv, len(y) // 2)), False
 
 
 def _neg_log_loss(calibrator, z, y, w) -> float:
