@@ -42,6 +42,13 @@ def _toy_walk(seqs, model, label_prune, *, levels=True):
     """Class log-masses of ``seqs`` (class = index) by the trie walk, the pruned
     mass, and the exact masses."""
     spec = _toy_spec(seqs)
+    got, want, pruned, calls, _, _ = _walk_spec(spec, model, label_prune, levels=levels)
+    return got, want, pruned, calls, spec
+
+
+def _walk_spec(spec, model, label_prune, *, levels=True):
+    """The trie walk over ``spec``: class masses, exact ones, the pruned mass, the
+    evaluate calls, the trie and the conditional log-probabilities kept."""
     t = trie.build_trie(spec.seqs)
     first = model.logp(())
     first_lp = first[spec.first_ids]
@@ -59,7 +66,7 @@ def _toy_walk(seqs, model, label_prune, *, levels=True):
     cond, lost = trie.walk(t, roots, root_lp, cut, evaluate, levels=levels)
     got = np.exp(trie.class_masses(spec, t, first_lp, cond))
     want = np.exp(exact.class_log_mass(spec, np.array([model.seq_logp(s) for s in spec.seqs])))
-    return got, want, pruned + lost, calls, spec
+    return got, want, pruned + lost, calls, t, cond
 
 
 def _toy_spec(seqs):
@@ -142,22 +149,8 @@ def _toy_classes(seqs, n_classes, seed):
 def test_classes_cut_whole_get_a_share_within_the_bound(seqs, n_classes, seed, label_prune):
     model = _ToyModel(seed)
     spec = _toy_classes(seqs, n_classes, seed)
-    t = trie.build_trie(spec.seqs)
-    first = model.logp(())
-    first_lp = first[spec.first_ids]
-    cut = label_prune * float(np.exp(first_lp).sum())
-    root_lp = {r: float(first[t.token[r]]) for r in t.roots.values()}
-    roots = [r for r, lp in root_lp.items() if np.exp(lp) >= cut]
-    pruned = sum(np.exp(lp) for lp in root_lp.values() if np.exp(lp) < cut)
-
-    def evaluate(nodes):
-        return [model.logp(_prefix(t, v))[t.next_ids[v]] for v in nodes]
-
-    cond, lost = trie.walk(t, roots, root_lp, cut, evaluate)
-    pruned += lost
-    got = np.exp(trie.class_masses(spec, t, first_lp, cond))
+    got, want, pruned, _, t, cond = _walk_spec(spec, model, label_prune)
     seq_lp = np.array([model.seq_logp(s) for s in spec.seqs])
-    want = np.exp(exact.class_log_mass(spec, seq_lp))
     tol = 1e-12
     assert np.all(np.abs(got - want) <= pruned + tol)
     assert abs(got.sum() - want.sum()) <= pruned + tol
