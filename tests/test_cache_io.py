@@ -187,3 +187,34 @@ def test_worker_processes_hits_reach_the_files_totals(tmp_path):
         if jobs == 1:
             assert FileWatcher(path).total("hits") == file_before  # pending, not written
     assert totals[2] == totals[1] > len(texts)
+
+
+class _LockedOnce:
+    """A connection whose first switch to WAL fails as when processes open a new
+    file at the same moment (SQLite answers "database is locked" at once)."""
+
+    def __init__(self, conn, failures) -> None:
+        self._conn, self._failures = conn, failures
+
+    def execute(self, sql, *args):
+        if sql.startswith("PRAGMA journal_mode = WAL") and self._failures:
+            self._failures.pop()
+            raise sqlite3.OperationalError("database is locked")
+        return self._conn.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+def test_a_new_file_locked_by_another_opener_is_opened_on_a_second_look(tmp_path, monkeypatch):
+    failures = [1, 1]
+    real = CompletionCache._conn
+    monkeypatch.setattr(CompletionCache, "_conn", lambda self: _LockedOnce(real(self), failures))
+    path = tmp_path / "c.sqlite"
+    cache = CompletionCache(path)
+    assert failures == []  # both refusals were met, and then the file was set up
+    assert not cache.read_only
+    monkeypatch.undo()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    CompletionCache(path).info()  # and it opens as an up-to-date cache

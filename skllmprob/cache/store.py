@@ -188,21 +188,30 @@ class CompletionCache:
             self._open_read_only()
             return
         conn = self._conn()
-        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-        version, _ = read_version(conn, self.path)
-        if version == CACHE_SCHEMA_VERSION and str(mode).lower() == "wal":
-            return
-        try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            with write_transaction(conn):
-                check_or_create_schema(conn, self.path)
-        except sqlite3.OperationalError as e:
-            if version is None or not is_read_only_error(e):
-                raise
-            self._local = threading.local()  # reopen read-only
-            self.read_only = True
-            self._open_read_only()
-            return
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            version, _ = read_version(conn, self.path)
+            if version == CACHE_SCHEMA_VERSION and str(mode).lower() == "wal":
+                return
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                with write_transaction(conn):
+                    check_or_create_schema(conn, self.path)
+                break
+            except sqlite3.OperationalError as e:
+                # Processes that open a new file at the same moment can find each
+                # other's locks in a way SQLite answers at once, without waiting:
+                # look again (another one may have set the file up meanwhile).
+                if "locked" in str(e).lower() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                if version is None or not is_read_only_error(e):
+                    raise
+                self._local = threading.local()  # reopen read-only
+                self.read_only = True
+                self._open_read_only()
+                return
         if str(mode).lower() != "wal":  # pragma: no cover - exotic file systems
             warn(
                 f"the completion cache {self.path} cannot use WAL mode ({mode}); several "
