@@ -25,6 +25,7 @@ from typing import Any
 from ...exceptions import ConfigurationError
 from ..base import Completion
 from ..openai.keys import NO_KEY, clean_key
+from ..openai.runner import post_raw
 from .common import DecisionBackendBase, env_key
 from .parsing import parse_systemone
 from .questions import systemone_questions, with_examples
@@ -104,12 +105,7 @@ class SystemOneBackend(DecisionBackendBase):
                 asked, self.descriptions, instructions, self.question
             ),
         }
-        response = await client.post(
-            self.path,
-            cast_to=_response_type(),
-            body=body,
-            options={"security": {"bearer_auth": True}},
-        )
+        response = await post_raw(client, self.path, body, _response_type())
         return parse_systemone(response.content, answers, self.question, asked)
 
     def _missing_endpoint_fix(self) -> str:

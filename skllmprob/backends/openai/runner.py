@@ -129,6 +129,14 @@ class _Plan:
     requests_per_item: int = 1
 
 
+async def post_raw(client: Any, path: str, body: dict, response_type: type) -> Any:
+    """POST ``body`` to ``path`` (relative to the client's base URL) with the
+    client's key and retries, returning the unparsed HTTP response."""
+    return await client.post(
+        path, cast_to=response_type, body=body, options={"security": {"bearer_auth": True}}
+    )
+
+
 def pacing_fields(settings: Any, base: tuple) -> dict[str, Any]:
     """The concurrency and pacing fields of a :class:`_Plan` for ``settings`` (with
     ``model``, ``max_concurrency``, ``requests_per_minute``, ``tokens_per_minute``);
@@ -164,7 +172,6 @@ class _Call:
     def __init__(self, plan: _Plan, client: Any, prompts: list, classify: Classify) -> None:
         self.plan = plan
         self.client = client
-        self.post = client.post
         self.prompts = prompts
         self.classify = classify
         self.channel: queue.SimpleQueue = queue.SimpleQueue()
@@ -247,12 +254,7 @@ class _Call:
         plan = self.plan
         if plan.request is not None:
             return await plan.request(self.client, prompt)
-        response = await self.post(
-            plan.path,
-            cast_to=plan.response_type,
-            body=body,
-            options={"security": {"bearer_auth": True}},
-        )
+        response = await post_raw(self.client, plan.path, body, plan.response_type)
         return self.parse(self.loads(response.content))
 
     def _failed(self, i: int, outcome: _Failure | _Fatal) -> None:

@@ -57,7 +57,7 @@ from .parsing import (
     _usage,
     parse_completions_response,
 )
-from .runner import _Plan
+from .runner import _Plan, post_raw
 from .tokenizer import ServerTokenizer, server_root
 
 __all__ = ["sequence_plan", "serves_prompt_logprobs"]
@@ -157,12 +157,7 @@ def answer_spec(backend, answers: Sequence[str]) -> AnswerSpec:
 
 
 async def _post(client: Any, plan: _Plan, path: str, body: dict, keep_duplicates=False):
-    response = await client.post(
-        path,
-        cast_to=plan.response_type,
-        body=body,
-        options={"security": {"bearer_auth": True}},
-    )
+    response = await post_raw(client, path, body, plan.response_type)
     return (_loads_keeping_duplicates if keep_duplicates else _fast_loads)(response.content)
 
 
