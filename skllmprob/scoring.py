@@ -180,9 +180,6 @@ class TokenMatcher:
         memo.remember(rows, views)
         return flat
 
-    def _classify(self, token: str) -> int:
-        return _class_of(self._table, token)
-
 
 def _class_of(table: dict[str, int], token: str) -> int:
     norm = normalize_token(token)
@@ -248,8 +245,7 @@ class _Memo(dict):
                     self.row_classes.pop(key, None)
 
     def __missing__(self, token: str) -> int:
-        norm = token.strip().casefold()  # normalize_token, inline: once per new token
-        idx = self._table.get(norm, -1) if norm else -1
+        idx = _class_of(self._table, token)
         if len(self) < 100_000:
             self[token] = idx
         return idx

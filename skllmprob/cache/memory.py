@@ -65,8 +65,7 @@ class MemoryLayer:
                 if key in data:
                     added -= _size(data.pop(key))
                 data[key] = c
-                a = c.answer_logprobs  # _size(c), inline: this loop sees every entry read
-                added += 400 + 80 * len(c.tokens) + (0 if a is None else 8 * len(a))
+                added += _size(c)
             self.nbytes += added
             while self.nbytes > self.max_bytes and data:
                 self.nbytes -= _size(data.pop(next(iter(data))))
