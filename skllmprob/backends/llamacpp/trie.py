@@ -238,9 +238,8 @@ def answer_log_mass(
     ``row`` is read first: evaluating the trie overwrites llama.cpp's logits.
     """
     first_lp, _ = log_softmax_at(row, spec.first_ids, lse)
-    seq_logp = first_lp.copy()
     if spec.max_extra == 0:
-        return class_log_mass(spec, seq_logp), 0, 0.0
+        return class_log_mass(spec, first_lp), 0, 0.0
     trie = spec.trie
     if trie is None:
         trie = spec.trie = build_trie(spec.seqs)
@@ -267,7 +266,7 @@ def answer_log_mass(
             branches.close()
         cond.update(got)
         pruned += lost
-    return class_masses(spec, trie, seq_logp, cond), len(cond), pruned
+    return class_masses(spec, trie, first_lp, cond), len(cond), pruned
 
 
 def class_masses(
