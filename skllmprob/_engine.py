@@ -99,12 +99,15 @@ def fetch_completions(
                 backend, cache, query, prompt_of, results, sent, usage, progress
             )
     finally:
-        hits = [results[k] for k in keys if k in results and k not in sent]
+        if sent or len(results) < len(keys):
+            hits = [results[k] for k in keys if k in results and k not in sent]
+        else:  # every prompt answered by the cache
+            hits = list(results.values())
         saved = sum(map(_PROMPT_TOKENS, hits)) + sum(map(_COMPLETION_TOKENS, hits))
         usage.cache_hits += len(hits)
         usage.saved_tokens += saved
         cache.record(hits=len(hits), misses=len(sent), saved_tokens=saved, waited=waited)
-    return [results[k] for k in all_keys], usage
+    return list(map(results.__getitem__, all_keys)), usage
 
 
 def _fetch_missing(

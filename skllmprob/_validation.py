@@ -143,6 +143,9 @@ def _array_table(arr: np.ndarray, name: str) -> _Table:
 
 
 def _check_cells(table: _Table, name: str) -> None:
+    if table.is_1d and set(map(type, table.texts)) <= {str}:  # plain texts: the usual case
+        _check_encodable(table.texts, name)
+        return
     if table.is_1d:
         bad_missing, bad_type = [], []
         for i, v in enumerate(table.texts):
@@ -198,6 +201,11 @@ def _check_cells(table: _Table, name: str) -> None:
 
 def _check_encodable(texts: Sequence[str], name: str) -> None:
     """Reject lone surrogates: no backend can send or tokenize them."""
+    try:
+        "".join(texts).encode("utf-8")  # joining pairs no surrogates: same verdict
+        return
+    except UnicodeEncodeError:
+        pass
     for i, t in enumerate(texts):
         try:
             t.encode("utf-8")

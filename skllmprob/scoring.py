@@ -30,14 +30,14 @@ array([0.6])
 
 from __future__ import annotations
 
-import os
-import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from itertools import chain, islice
+from itertools import chain
+from operator import is_
 
 import numpy as np
 
+from ._token_memo import memo_for
 from .backends.base import Backend, Completion, Query
 
 # Re-exported: they lived here before skllmprob.labels.
@@ -117,13 +117,7 @@ class TokenMatcher:
         # Matchers with the same answers share their memo (a cache of a pure
         # function), so repeated predictions skip classifying tokens seen before.
         config = (tuple(self.answers), None if first_tokens is None else self._exact_key())
-        with _MEMOS_LOCK:
-            memo = _MEMOS.get(config)
-            if memo is None:
-                memo = _MEMOS[config] = _Memo(self._table)
-                while len(_MEMOS) > _MAX_MEMOS:
-                    del _MEMOS[next(iter(_MEMOS))]
-        self._memo = memo
+        self._memo = memo_for(config, self._table)
 
     def _exact_key(self) -> tuple:
         return tuple(sorted(self._exact.items()))
@@ -144,46 +138,33 @@ class TokenMatcher:
         >>> m.row_classes([(" yes", "x"), ["No"]])
         array([ 0, -1,  1])
         """
-        memo = self._memo
-        seen_rows, seen_classes = memo.rows.get, memo.row_classes.get
-        parts: list = []
-        at: list[int] = []  # the positions in parts of the rows not remembered
-        for toks in rows:
-            key = id(toks)
-            hit = seen_classes(key) if seen_rows(key) is toks else None
-            if hit is None:
-                at.append(len(parts))
-            parts.append(hit if hit is not None else toks)
-        if at:
-            flat = self._classify_rows(at, parts)
-            if len(at) == len(parts):
-                return flat.copy()  # the memo keeps views of it
-        if not parts:
+        if not rows:
             return np.empty(0, dtype=np.intp)
+        memo = self._memo
+        ids = list(map(id, rows))
+        known = list(map(is_, map(memo.rows.get, ids), rows))
+        if not any(known):  # a first read: every row new
+            return self._classify_rows(list(rows))[0].copy()  # the memo keeps views
+        parts = list(map(memo.row_classes.get, ids))
+        at = [i for i, (k, p) in enumerate(zip(known, parts, strict=True)) if not k or p is None]
+        if not at:  # every row remembered: the same completions as before
+            return np.concatenate(parts)
+        _, views = self._classify_rows([rows[i] for i in at])
+        for i, view in zip(at, views, strict=True):
+            parts[i] = view
         return np.concatenate(parts)
 
-    def _classify_rows(self, at: list[int], parts: list) -> np.ndarray:
-        """Replace the rows at the positions ``at`` of ``parts`` by their classes
-        (one pass over all their tokens) and remember the tuples; returns the
-        classes of all of them, concatenated."""
+    def _classify_rows(self, rows: list) -> tuple[np.ndarray, list]:
+        """Classify ``rows`` (one pass over all their tokens) and remember the tuples
+        among them; returns the classes of all of them, concatenated, and a view
+        of that array per row."""
         memo = self._memo
-        rows = [parts[i] for i in at]
         lens = np.fromiter(map(len, rows), dtype=np.intp, count=len(rows))
-        flat = np.fromiter(
-            map(memo.__getitem__, chain.from_iterable(rows)), dtype=np.intp, count=lens.sum()
-        )
+        flat = memo.classify(list(chain.from_iterable(rows)))
         ends = np.cumsum(lens)
         views = list(map(flat.__getitem__, map(slice, (ends - lens).tolist(), ends.tolist())))
-        if len(at) < len(parts):
-            for i, view in zip(at, views, strict=True):
-                parts[i] = view
         memo.remember(rows, views)
-        return flat
-
-
-def _class_of(table: dict[str, int], token: str) -> int:
-    norm = normalize_token(token)
-    return table.get(norm, -1) if norm else -1
+        return flat, views
 
 
 def _unique_prefixes(words: Sequence[str]) -> dict[str, int]:
@@ -198,57 +179,6 @@ def _unique_prefixes(words: Sequence[str]) -> dict[str, int]:
         for end in range(3, len(w) + 1):
             owners.setdefault(w[:end], set()).add(i)
     return {p: next(iter(o)) for p, o in owners.items() if len(o) == 1}
-
-
-_MEMOS: dict = {}
-_MEMOS_LOCK = threading.Lock()
-_MAX_MEMOS = 8
-_MAX_ROWS = 32_768
-
-
-def _after_fork_in_child() -> None:  # a lock held by another thread at fork stays held
-    global _MEMOS_LOCK
-    _MEMOS_LOCK = threading.Lock()
-    for memo in list(_MEMOS.values()):
-        memo._rows_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class _Memo(dict):
-    """Token -> class memo that computes missing entries (bounded in size), and
-    the remembered rows: ``rows`` maps id(tuple of tokens) to the tuple (kept alive,
-    so that its id is not reused), ``row_classes`` the same id to its classes."""
-
-    def __init__(self, table: dict[str, int]) -> None:
-        super().__init__()
-        self._table = table
-        self.rows: dict[int, tuple] = {}
-        self.row_classes: dict[int, np.ndarray] = {}
-        self._rows_lock = threading.Lock()
-
-    def remember(self, rows: list, classes: list) -> None:
-        """Remember the classes of the rows that are tuples."""
-        if not all(type(toks) is tuple for toks in rows):
-            keep = [i for i, toks in enumerate(rows) if type(toks) is tuple]
-            rows, classes = [rows[i] for i in keep], [classes[i] for i in keep]
-        ids = list(map(id, rows))
-        with self._rows_lock:
-            self.row_classes.update(zip(ids, classes, strict=True))  # readers check rows first
-            self.rows.update(zip(ids, rows, strict=True))
-            excess = len(self.rows) - _MAX_ROWS
-            if excess > 0:
-                for key in list(islice(self.rows, excess)):
-                    del self.rows[key]
-                    self.row_classes.pop(key, None)
-
-    def __missing__(self, token: str) -> int:
-        idx = _class_of(self._table, token)
-        if len(self) < 100_000:
-            self[token] = idx
-        return idx
 
 
 def label_log_mass(

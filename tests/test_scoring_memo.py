@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from skllmprob.labels import first_word, normalize_token
+from skllmprob.labels import first_word, normalize_token, normalize_tokens
 from skllmprob.scoring import TokenMatcher
 
 WORDS = st.text(alphabet="abcdeSPOT ß/-", min_size=1, max_size=9)
@@ -52,9 +52,9 @@ def test_remembered_rows_new_rows_and_lists_mix():
 
 
 def test_the_row_memo_stays_bounded(monkeypatch):
-    import skllmprob.scoring as scoring
+    import skllmprob._token_memo as token_memo
 
-    monkeypatch.setattr(scoring, "_MAX_ROWS", 10)
+    monkeypatch.setattr(token_memo, "_MAX_ROWS", 10)
     m = TokenMatcher(["gamma", "delta"])
     rows = [(f"t{i}", " gamma") for i in range(25)]
     np.testing.assert_array_equal(m.row_classes(rows), np.tile([-1, 0], 25))
@@ -62,3 +62,48 @@ def test_the_row_memo_stays_bounded(monkeypatch):
     assert len(memo.rows) == len(memo.row_classes) == 10
     assert all(memo.rows[id(r)] is r for r in rows[-10:])
     np.testing.assert_array_equal(m.row_classes(rows[:3]), np.tile([-1, 0], 3))
+
+
+@settings(max_examples=200)
+@given(st.lists(st.text(max_size=6), max_size=30))
+def test_normalize_tokens_is_normalize_token_of_each(tokens):
+    assert list(normalize_tokens(tokens)) == [normalize_token(t) for t in tokens]
+
+
+TOKENS = st.text(alphabet="abcdeSPOT ß/-\n", max_size=7)
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(WORDS, min_size=1, max_size=5),
+    st.lists(st.lists(TOKENS, max_size=6).map(tuple), min_size=1, max_size=8),
+)
+def test_classifying_new_rows_together_gives_the_rule(answers, rows):
+    m = TokenMatcher(answers)
+    m._memo.clear()  # shared with earlier examples: classify every token anew
+    want = [_rule(answers, t) for row in rows for t in row]
+    assert m.row_classes(rows).tolist() == want
+    assert [m(t) for row in rows for t in row] == want  # what the memo kept
+
+
+def test_tokens_that_normalize_to_nothing_have_no_class():
+    # A tokenizer may list a bare space among a class's first tokens: it counts
+    # for no class, one token at a time or in bulk.
+    m = TokenMatcher(["yes", "no"], first_tokens=[[" ", "yes"], ["no"]])
+    m._memo.clear()
+    assert m.row_classes([(" ", "\n", "Yes", " no")]).tolist() == [-1, -1, 0, 1]
+    m._memo.clear()
+    assert [m(t) for t in (" ", "\n", "Yes", " no")] == [-1, -1, 0, 1]
+
+
+def test_the_token_memo_stays_bounded(monkeypatch):
+    import skllmprob._token_memo as token_memo
+
+    monkeypatch.setattr(token_memo, "_MAX_TOKENS", 5)
+    m = TokenMatcher(["kappa", "omega"])
+    m._memo.clear()
+    rows = [(f"u{i}", " kappa", "Omega") for i in range(4)]
+    assert m.row_classes(rows).tolist() == [-1, 0, 1] * 4  # 6 new tokens: too many
+    assert len(m._memo) <= 5
+    assert m.row_classes([("u9", "KAPPA")]).tolist() == [-1, 0]
+    assert len(m._memo) <= 5

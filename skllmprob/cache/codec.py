@@ -247,10 +247,12 @@ class Decoder:
     A row is refused (one of :data:`DECODE_ERRORS`) when its layout is inconsistent,
     its checksum (format 2) does not match, or its numbers are implausible: a
     log-probability above 0 or NaN, or top tokens whose probabilities sum to more
-    than 1 (each within :data:`LOGPROB_TOLERANCE`). Token lists are interned: the
-    same stored list gives the same tuple, so later stages can remember their work
-    on it by identity, and the same token the same string (the tokens of many
-    entries share a model's vocabulary: less memory, and faster look-ups later).
+    than 1 (each within :data:`LOGPROB_TOLERANCE`; format 1 only, as :func:`encode`
+    writes no such numbers and a format 2 checksum proves a value unchanged).
+    Token lists are interned: the same stored list gives the same tuple, so later
+    stages can remember their work on it by identity, and the same token the same
+    string (the tokens of many entries share a model's vocabulary: less memory,
+    and faster look-ups later).
     """
 
     def __init__(self) -> None:
@@ -281,9 +283,12 @@ class Decoder:
 
     def many(self, rows: Iterable[tuple[bytes, bytes, bytes]]) -> tuple[dict, list[bytes]]:
         """Decode ``(key, data, tokens as bytes)`` rows: ``({key: completion}, bad
-        keys)``. The loop runs for every entry read: keep it lean (the plausibility
-        of the numbers is checked for all rows at once, afterwards)."""
+        keys)``. The loop runs for every entry read: keep it lean. The plausibility
+        of the numbers is checked afterwards, for all rows at once, and only for
+        format 1: :func:`encode` refuses implausible numbers, and the checksum of a
+        format 2 value proves it unchanged since."""
         out: dict[bytes, Completion] = {}
+        unchecked: dict[bytes, Completion] = {}  # format 1
         bad: list[bytes] = []
         unpack, crc32, frombuffer = _HEAD.unpack_from, zlib.crc32, np.frombuffer
         make = make_completion
@@ -309,8 +314,10 @@ class Decoder:
                 bad.append(key)
                 continue
             answers = None if m == _NO_ANSWERS else frombuffer(data, "<f8", m, end)
-            out[key] = make(tokens, frombuffer(data, "<f8", n, 24), answers, pt, ct, cached)
-        for key in implausible(out):
+            out[key] = c = make(tokens, frombuffer(data, "<f8", n, 24), answers, pt, ct, cached)
+            if fmt != _FORMAT:
+                unchecked[key] = c
+        for key in implausible(unchecked):
             del out[key]
             bad.append(key)
         return out, bad

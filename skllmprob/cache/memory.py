@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
+from operator import attrgetter
 
 from ..backends.base import Completion
 
@@ -13,6 +14,8 @@ __all__ = ["MEMORY_MB", "MemoryLayer", "default_memory_bytes"]
 
 #: Default budget of the in-process memory layer (``$SKLLMPROB_CACHE_MEMORY_MB``).
 MEMORY_MB = 64
+
+_TOKENS, _ANSWERS = attrgetter("tokens"), attrgetter("answer_logprobs")
 
 
 def default_memory_bytes() -> int:
@@ -31,9 +34,14 @@ def default_memory_bytes() -> int:
     return MEMORY_MB * 2**20
 
 
+def _total_size(cs: Collection[Completion]) -> int:
+    """An estimate of the memory that the completions ``cs`` take (bytes)."""
+    answers = [a for a in map(_ANSWERS, cs) if a is not None]
+    return 400 * len(cs) + 80 * sum(map(len, map(_TOKENS, cs))) + 8 * sum(map(len, answers))
+
+
 def _size(c: Completion) -> int:
-    answers = 0 if c.answer_logprobs is None else len(c.answer_logprobs)
-    return 400 + 80 * len(c.tokens) + 8 * answers
+    return _total_size((c,))
 
 
 class MemoryLayer:
@@ -56,11 +64,21 @@ class MemoryLayer:
     def put(self, key: bytes, c: Completion) -> None:
         self.put_many([(key, c)])
 
-    def put_many(self, items: Iterable[tuple[bytes, Completion]]) -> None:
+    def put_many(
+        self, items: Iterable[tuple[bytes, Completion]] | dict[bytes, Completion]
+    ) -> None:
+        """Keep ``items`` (pairs, or a dict: faster when none is kept yet), evicting
+        the oldest entries while over budget."""
         if self.max_bytes <= 0:
             return
         with self._lock:
             data, added = self.data, 0
+            if isinstance(items, dict):
+                if data.keys().isdisjoint(items):  # all new: one update
+                    data.update(items)
+                    added, items = _total_size(items.values()), ()
+                else:
+                    items = items.items()
             for key, c in items:
                 if key in data:
                     added -= _size(data.pop(key))

@@ -269,7 +269,7 @@ class PostgresCache:
                 ).fetchall()
             out, corrupt = self._decoder.many([(bytes(k), bytes(d), bytes(t)) for k, d, t in rows])
             del rows
-        self._memory.put_many(out.items())
+        self._memory.put_many(out)
         if corrupt:
             conn.execute("DELETE FROM skllmprob_completions WHERE key = ANY(%s)", (corrupt,))
             if report:

@@ -262,7 +262,7 @@ class CompletionCache:
                     found, damaged = self._decoder.many(rows_of(conn, chunk))
                     out.update(found)
                     bad.extend(damaged)
-        self._memory.put_many(out.items())
+        self._memory.put_many(out)
         if bad and report:
             self._counters.found_damaged(bad)
             warn(
@@ -282,16 +282,22 @@ class CompletionCache:
         except sqlite3.DatabaseError as e:
             self._unreadable(e)
             return {}
-        memget = self._memory.data.get
-        unsaved = self._unsaved.get
-        out: dict[bytes, Completion] = {}
-        rest = []
-        for k in keys:
-            c = memget(k) or unsaved(k)
-            if c is None:
-                rest.append(k)
-            else:
-                out[k] = c
+        keys = list(keys)
+        found = list(map(self._memory.data.get, keys))
+        if all(found):  # every one in memory
+            return dict(zip(keys, found, strict=True))
+        if not any(found) and not self._unsaved:
+            out: dict[bytes, Completion] = {}  # none in memory: the usual first read
+            rest = keys
+        else:
+            unsaved = self._unsaved.get
+            out, rest = {}, []
+            for k, c in zip(keys, found, strict=True):
+                c = c or unsaved(k)
+                if c is None:
+                    rest.append(k)
+                else:
+                    out[k] = c
         if rest:
             try:
                 out.update(self._select(conn, list(dict.fromkeys(rest))))

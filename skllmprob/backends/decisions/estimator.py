@@ -15,7 +15,7 @@ import numpy as np
 
 from ...exceptions import ConfigurationError, RefusalError
 from .common import DecisionBackendBase
-from .parsing import is_refusal
+from .parsing import refused_rows
 from .rows import json_columns, json_example, json_rows, split_prompt
 
 __all__ = ["answer_descriptions", "decision_call", "warn_refusals"]
@@ -116,7 +116,7 @@ def warn_refusals(completions: Sequence, backend=None, stacklevel: int = 3) -> l
     row without scores. ``"raise"``: a :class:`~skllmprob.exceptions.RefusalError`
     naming them (after every answer was cached and counted in usage).
     """
-    refused = [i for i, c in enumerate(completions) if is_refusal(c)]
+    refused = refused_rows(completions)
     if not refused:
         return refused
     shown = ", ".join(map(str, refused[:10])) + (", ..." if len(refused) > 10 else "")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -29,9 +30,22 @@ from .questions import QUESTION_NAME
 REFUSAL = "<refusal>"
 
 
+#: The tokens of a refused answer.
+REFUSED = (REFUSAL,)
+_TOKENS = attrgetter("tokens")
+
+
 def is_refusal(completion: Completion) -> bool:
     """Whether ``completion`` is a refused answer."""
-    return completion.tokens == (REFUSAL,)
+    return completion.tokens == REFUSED
+
+
+def refused_rows(completions: Sequence[Completion]) -> list[int]:
+    """The positions of the refused answers among ``completions`` (looked for
+    without a Python call per completion: usually there is none)."""
+    if REFUSED not in map(_TOKENS, completions):
+        return []
+    return [i for i, c in enumerate(completions) if is_refusal(c)]
 
 
 def _loads(raw: bytes) -> Any:

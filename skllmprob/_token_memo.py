@@ -1,0 +1,105 @@
+"""The shared memo of :class:`~skllmprob.scoring.TokenMatcher`: token -> class,
+and the classes of the token tuples it has seen.
+
+A memo is a cache of a pure function of the token and the matcher's table, so
+matchers with the same answers share one (:func:`memo_for`), and repeated
+predictions skip classifying tokens seen before. New tokens are classified in
+bulk (:meth:`Memo.classify`): the first prediction of a process meets tens of
+thousands of them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Hashable, Sequence
+from itertools import filterfalse, islice, repeat
+
+import numpy as np
+
+from .labels import normalize_token, normalize_tokens
+
+__all__ = ["Memo", "memo_for"]
+
+_MEMOS: dict = {}
+_MEMOS_LOCK = threading.Lock()
+_MAX_MEMOS = 8
+#: Tuples of tokens remembered per memo, and tokens classified per memo.
+_MAX_ROWS = 32_768
+_MAX_TOKENS = 100_000
+
+
+def _after_fork_in_child() -> None:  # a lock held by another thread at fork stays held
+    global _MEMOS_LOCK
+    _MEMOS_LOCK = threading.Lock()
+    for memo in list(_MEMOS.values()):
+        memo._rows_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def memo_for(config: Hashable, table: dict[str, int]) -> Memo:
+    """The process's memo for a matcher's ``config`` (answers and exact tokens),
+    created on first use; at most :data:`_MAX_MEMOS` are kept."""
+    with _MEMOS_LOCK:
+        memo = _MEMOS.get(config)
+        if memo is None:
+            memo = _MEMOS[config] = Memo(table)
+            while len(_MEMOS) > _MAX_MEMOS:
+                del _MEMOS[next(iter(_MEMOS))]
+    return memo
+
+
+class Memo(dict):
+    """Token -> class (-1: none) that computes missing entries (bounded in size),
+    and the remembered rows: ``rows`` maps id(tuple of tokens) to the tuple (kept
+    alive, so that its id is not reused), ``row_classes`` the same id to its
+    classes.
+
+    ``table`` maps normalized tokens (:func:`~skllmprob.labels.normalize_token`) to
+    classes; a token that normalizes to ``""`` has none.
+
+    >>> memo = Memo({"yes": 0, "no": 1})
+    >>> memo.classify([" Yes", "maybe", "NO", " yes"]).tolist()
+    [0, -1, 1, 0]
+    >>> memo[" "]
+    -1
+    """
+
+    def __init__(self, table: dict[str, int]) -> None:
+        super().__init__()
+        self._get = {k: v for k, v in table.items() if k}.get
+        self.rows: dict[int, tuple] = {}
+        self.row_classes: dict[int, np.ndarray] = {}
+        self._rows_lock = threading.Lock()
+
+    def __missing__(self, token: str) -> int:
+        idx = self._get(normalize_token(token), -1)
+        if len(self) < _MAX_TOKENS:
+            self[token] = idx
+        return idx
+
+    def classify(self, tokens: Sequence[str]) -> np.ndarray:
+        """The classes of ``tokens``; the new distinct ones are classified together
+        (without a Python call per token) and remembered while there is room."""
+        new = list(filterfalse(self.__contains__, set(tokens)))
+        if new and len(self) + len(new) <= _MAX_TOKENS:
+            self.update(zip(new, map(self._get, normalize_tokens(new), repeat(-1)), strict=False))
+        return np.fromiter(map(self.__getitem__, tokens), dtype=np.intp, count=len(tokens))
+
+    def remember(self, rows: list, classes: list) -> None:
+        """Remember the classes of the rows that are tuples."""
+        if not all(type(toks) is tuple for toks in rows):
+            keep = [i for i, toks in enumerate(rows) if type(toks) is tuple]
+            rows, classes = [rows[i] for i in keep], [classes[i] for i in keep]
+        ids = list(map(id, rows))
+        with self._rows_lock:
+            self.row_classes.update(zip(ids, classes, strict=True))  # readers check rows first
+            self.rows.update(zip(ids, rows, strict=True))
+            excess = len(self.rows) - _MAX_ROWS
+            if excess > 0:
+                for key in list(islice(self.rows, excess)):
+                    del self.rows[key]
+                    self.row_classes.pop(key, None)
