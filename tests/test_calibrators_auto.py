@@ -19,7 +19,7 @@ from skllmprob import ConfigurationError, InputError
 from skllmprob import calibration as cal
 from skllmprob import calibration_ext as ext
 from skllmprob.calibrators import CALIBRATORS, make_calibrator
-from skllmprob.calibrators.auto import DEFAULT_ALPHAS, AutoCalibrator
+from skllmprob.calibrators.auto import DEFAULT_ALPHAS, AutoCalibrator, choose
 from skllmprob.calibrators.extra import BatchCalibrator, VectorCalibrator
 
 SMALL_GRID = {"alphas": (0.01, 1.0), "cv": 3}
@@ -212,7 +212,8 @@ def test_auto_prefers_a_temperature_when_the_model_is_under_confident(k):
     assert fitted.temperature_ < 0.6
     res = fitted.cv_results_
     best = int(np.argmax(res["mean_test_score"]))
-    assert res["rank_test_score"][best] == 1 and res["params"][best] == fitted.chosen_
+    assert res["rank_test_score"][best] == 1
+    assert fitted.chosen_ in (res["params"][best], fitted.default_choice_)
     # The best bias-only candidate is clearly worse held out.
     is_bias = res["param_method"] == "bias"
     assert res["mean_test_score"][is_bias].max() < res["mean_test_score"][best] - 0.02
@@ -233,7 +234,7 @@ def test_auto_cv_results_table():
     z, y = sample(40, 2, seed=21)
     fitted = AutoCalibrator(cv=4).fit(z, y)
     res = fitted.cv_results_
-    n = 1 + 3 * len(DEFAULT_ALPHAS)
+    n = 1 + 3 * (len(DEFAULT_ALPHAS) + 1)  # and the default penalty, 0.3
     assert fitted.n_splits_ == 4 and len(res["params"]) == n
     for key in ("param_method", "param_alpha", "mean_test_score", "std_test_score"):
         assert len(res[key]) == n
@@ -345,6 +346,50 @@ def test_auto_scoring_by_name_and_by_scorer():
         AutoCalibrator(scoring="best").fit(z, y)
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    hnp.arrays(float, st.tuples(st.integers(1, 6), st.integers(1, 8)), elements=st.floats(-3, 0)),
+    st.data(),
+)
+def test_choose_takes_the_default_choice_unless_the_best_gains_enough(scores, data):
+    n = scores.shape[0]
+    flags = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    margin = data.draw(st.sampled_from([0.0, 0.5, 2.0, np.inf]))
+    default, winner = choose(scores, flags, margin)
+    mean = scores.mean(axis=1)
+    if flags.any():
+        assert flags[default] and mean[default] == mean[flags].max()
+    else:
+        assert default == winner == int(np.argmax(mean))
+    assert winner in (default, int(np.argmax(mean)))
+    if winner != default:  # a switch is a real gain, and a smaller margin switches too
+        assert mean[winner] > mean[default]
+        assert choose(scores, flags, margin / 2)[1] == winner
+    if margin == np.inf:
+        assert winner == default
+
+
+def test_choose_switches_on_a_consistent_gain_only():
+    steady = np.array([[-0.5, -0.6, -0.55, -0.5], [-0.45, -0.55, -0.5, -0.44]])
+    noisy = np.array([[-0.5, -0.6, -0.55, -0.5], [-0.2, -0.9, -0.25, -0.7]])
+    flags = np.array([True, False])
+    assert choose(steady, flags, 2.0) == (0, 1)  # gains 0.05, 0.05, 0.05, 0.06
+    assert noisy[1].mean() > noisy[0].mean() and choose(noisy, flags, 2.0) == (0, 0)
+    assert choose(noisy, flags, 0.0) == (0, 1)
+
+
+def test_auto_margin_zero_takes_the_best_mean_and_infinity_the_default():
+    z, y = sample(120, 2, seed=27, temperature=0.5)
+    best_mean = AutoCalibrator(switch_margin=0.0).fit(z, y)
+    res = best_mean.cv_results_
+    assert best_mean.chosen_ == res["params"][int(np.argmax(res["mean_test_score"]))]
+    stay = AutoCalibrator(switch_margin=np.inf).fit(z, y)
+    assert stay.chosen_ == stay.default_choice_ and stay.chosen_["alpha"] in (None, 0.3)
+    moved = AutoCalibrator(alpha=0.05, switch_margin=np.inf).fit(z, y)
+    assert moved.chosen_["alpha"] in (None, 0.05)
+    assert 0.05 in moved.cv_results_["param_alpha"]
+
+
 def test_auto_bad_settings_raise_clear_errors():
     z, y = sample(30, 2, seed=25)
     for methods in (["threshold"], ["contextual"], ["platt"], ["auto"]):
@@ -353,6 +398,10 @@ def test_auto_bad_settings_raise_clear_errors():
     for alphas in ([], [-1.0], [[0.1]]):
         with pytest.raises(ConfigurationError, match="alphas must be"):
             AutoCalibrator(alphas=alphas).fit(z, y)
+    for name in ("alpha", "switch_margin"):
+        for bad in (-1.0, np.nan, "2", True):
+            with pytest.raises(ConfigurationError, match=f"{name} must be a non-negative"):
+                AutoCalibrator(**{name: bad}).fit(z, y)
     for cv in (1, 2.5, True):
         with pytest.raises(ConfigurationError, match="cv must be an integer"):
             AutoCalibrator(cv=cv).fit(z, y)

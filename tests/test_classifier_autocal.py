@@ -134,14 +134,19 @@ def test_auto_reports_its_choice_and_costs_no_extra_request(task):
         "vector",
     }
     table = auto.calibration_cv_results_
+    won = table["params"].index(chosen)
     best = int(np.argmax(table["mean_test_score"]))
-    assert table["params"][best] == chosen and table["rank_test_score"][best] == 1
+    assert won in (best, table["params"].index(auto.calibrator_.default_choice_))
     html = auto._repr_html_()
     assert "calibration_chosen_" in html and "calibration_cv_results_" in html
     # The held-out log-loss of the winner is no worse than that of plain "bias"
-    # at the estimator's default penalty (the nearest grid point, 10**-0.5).
-    is_bias = (table["param_method"] == "bias") & np.isclose(table["param_alpha"], 10**-0.5)
-    assert table["mean_test_score"][best] >= table["mean_test_score"][is_bias][0]
+    # at the estimator's penalty (calibration_alpha, always a candidate).
+    is_bias = (table["param_method"] == "bias") & (table["param_alpha"] == auto.calibration_alpha)
+    assert table["mean_test_score"][won] >= table["mean_test_score"][is_bias][0]
+    # calibration_alpha is the penalty "auto" starts from.
+    other = estimator("auto", calibration_alpha=0.05).fit(texts, y)
+    assert 0.05 in other.calibration_cv_results_["param_alpha"]
+    assert other.calibrator_.default_choice_["alpha"] in (None, 0.05)
 
 
 def test_auto_scoring_by_metric(task):
