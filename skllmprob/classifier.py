@@ -90,7 +90,8 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         class log-probabilities of the rows given to ``fit`` (Zhou et al., 2024); ``"auto"``:
         ``"none"``, ``"bias"``, ``"affine"`` or ``"vector"`` and a grid of penalties chosen by
         stratified K-fold cross-validation on the cached scores (``calibration_chosen_``,
-        ``calibration_cv_results_``). The probabilities are ``softmax(log p / temperature_ +
+        ``calibration_cv_results_``): the best method at ``calibration_alpha``, or another
+        penalty only where it gains clearly (:class:`~skllmprob.calibrators.auto.AutoCalibrator`). The probabilities are ``softmax(log p / temperature_ +
         bias_)`` (:mod:`skllmprob.calibration`).
     scoring : str, callable or None, default=None
         The metric ``"threshold"`` maximizes (``None``: ``"accuracy"``) and ``"auto"`` selects
@@ -101,9 +102,9 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
     pos_label : label, default=None
         The positive class of ``"threshold"``; ``None``: ``classes_[1]``.
     calibration_alpha : float, default=0.3
-        The L2 penalty on the offsets of ``"bias"``, ``"affine"`` and ``"contextual-bias"``
-        (three times that on the log-temperature), counted in samples: it steadies fits on 8 to
-        16 samples and fades with more.
+        The L2 penalty on the offsets of ``"bias"``, ``"affine"``, ``"vector"`` and
+        ``"contextual-bias"`` (three times that on the log-temperature), counted in samples: it
+        steadies fits on 8 to 16 samples and fades with more; ``"auto"`` starts from it.
     class_weight : dict, "balanced" or None, default=None
         Class weights of every labelled calibration fit, as in
         :class:`~sklearn.linear_model.LogisticRegression`; multiplies ``sample_weight``.
