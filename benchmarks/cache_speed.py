@@ -123,6 +123,9 @@ def main() -> None:
     parser.add_argument("data", help="a CSV file with a 'text' column (and 'label')")
     parser.add_argument("--n", type=int, default=10_000, help="texts to predict")
     parser.add_argument("--repeat", type=int, default=7, help="timed rounds per case")
+    parser.add_argument(
+        "--processes", type=int, default=5, help="fresh processes per new-process case"
+    )
     parser.add_argument("--json", help="write the results to this JSON file")
     parser.add_argument(
         "--breakdown", action="store_true", help="profile the first call of a new process"
@@ -177,7 +180,7 @@ def main() -> None:
     fresh: dict[str, tuple[list[float], list[float]]] = {}
     for name, collect in (("new process", "0"), ("new process, collected", "1")):
         llm_times, tf_times_fresh = fresh[name] = ([], [])
-        for _ in range(3):
+        for _ in range(args.processes):
             cmd = [sys.executable, __file__, args.data, "--child", cache, texts_file, model_file]
             out = subprocess.run([*cmd, collect], capture_output=True, text=True, check=True)
             r = json.loads(out.stdout.strip().splitlines()[-1])
@@ -197,7 +200,10 @@ def main() -> None:
         rows.append((name, fl, ft, fl / ft))
 
     print(f"predict_proba on {args.n} cached texts ({n_unique} unique) of {args.data}")
-    print(f"cache filled in {fill:.2f} s; {args.repeat} interleaved rounds per case, medians")
+    print(
+        f"cache filled in {fill:.2f} s; {args.repeat} interleaved rounds per case "
+        f"({args.processes} processes for a new process), medians"
+    )
     print(f"{'case':<24} {'skllmprob s':>12} {'tfidf+LR s':>11} {'ratio':>7}")
     for name, a, b, r in rows:
         print(f"{name:<24} {a:>12.4f} {b:>11.4f} {r:>7.2f}")
@@ -207,6 +213,7 @@ def main() -> None:
         "n_texts": args.n,
         "n_unique": n_unique,
         "repeat": args.repeat,
+        "processes": args.processes,
         "fill_seconds": fill,
         "cases": {name: {"skllmprob_s": a, "tfidf_lr_s": b, "ratio": r} for name, a, b, r in rows},
         "raw": {
