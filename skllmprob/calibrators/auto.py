@@ -67,7 +67,7 @@ class AutoCalibrator(Calibrator):
     best mean score is noisy enough to pick a clearly worse penalty: on 64
     labelled rows (five draws, zero- and 4-shot prompts) of SST-2 and AG News,
     taking the best mean lost 0.018-0.019 of held-out log-loss to the best
-    single method at its default penalty; with this rule 0.006-0.013, while on
+    single method at its default penalty; with this rule 0.005-0.013, while on
     TREC zero-shot, AG News zero-shot and Banking77 a weaker or stronger penalty
     still wins where the folds agree (docs/benchmarks.md).
 
