@@ -91,8 +91,9 @@ class LogprobClassifier(ClassifierMixin, BaseEstimator):
         ``"none"``, ``"bias"``, ``"affine"`` or ``"vector"`` and a grid of penalties chosen by
         stratified K-fold cross-validation on the cached scores (``calibration_chosen_``,
         ``calibration_cv_results_``): the best method at ``calibration_alpha``, or another
-        penalty only where it gains clearly (:class:`~skllmprob.calibrators.auto.AutoCalibrator`). The probabilities are ``softmax(log p / temperature_ +
-        bias_)`` (:mod:`skllmprob.calibration`).
+        penalty only where it gains clearly
+        (:class:`~skllmprob.calibrators.auto.AutoCalibrator`). The probabilities are
+        ``softmax(log p / temperature_ + bias_)`` (:mod:`skllmprob.calibration`).
     scoring : str, callable or None, default=None
         The metric ``"threshold"`` maximizes (``None``: ``"accuracy"``) and ``"auto"`` selects
         by (``None``: held-out log-loss): ``"accuracy"``, ``"balanced_accuracy"``, ``"f1"``,
