@@ -369,7 +369,8 @@ def test_choose_takes_the_smallest_clear_step_from_the_default_choice(scores, da
     assert pool[default] and mean[default] == mean[pool].max()
     gain = (scores - scores[default]).mean(axis=1)
     spread = (scores - scores[default]).std(axis=1, ddof=1) if folds > 1 else np.full(n, np.inf)
-    clear = (gain > 0) & (gain > margin * spread / np.sqrt(folds))
+    with np.errstate(invalid="ignore"):  # inf * 0: no switch
+        clear = (gain > 0) & (gain > margin * spread / np.sqrt(folds))
     if not clear.any():
         assert winner == default
         return
@@ -380,6 +381,15 @@ def test_choose_takes_the_smallest_clear_step_from_the_default_choice(scores, da
     assert penalty[winner] == penalty[same].max()
     assert gain[winner] == gain[same & (penalty == penalty[winner])].max()
     assert margin < np.inf
+
+
+def test_choose_never_switches_with_an_infinite_margin_even_on_equal_gains():
+    scores = np.array([[-0.5, -0.6], [-0.4, -0.5]])  # the gain is 0.1 on both folds
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert choose(
+            scores, np.array([True, False]), np.array(["v", "v"]), np.array([0.3, 0.1]), np.inf
+        ) == (0, 0)
 
 
 def test_choose_switches_on_a_consistent_gain_only():

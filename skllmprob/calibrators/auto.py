@@ -343,7 +343,8 @@ def choose(
         se = gain.std(axis=1, ddof=1) / np.sqrt(gain.shape[1])
     else:
         se = np.full(len(scores), np.inf)
-    clear = (mean_gain > 0) & (mean_gain > margin * se)
+    with np.errstate(invalid="ignore"):  # an infinite margin times a zero spread
+        clear = (mean_gain > 0) & (mean_gain > margin * se)
     if not clear.any():
         return default, default
     top = int(np.flatnonzero(clear)[np.argmax(mean_gain[clear])])
