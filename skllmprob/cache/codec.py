@@ -259,12 +259,8 @@ class Decoder:
         self._tokens: dict[bytes, tuple[str, ...]] = {}
         self._strs: dict[str, str] = {}
 
-    def tokens(self, raw: bytes) -> tuple[str, ...]:
-        """The tokens of a ``tokens`` column (as bytes), interned."""
-        found = self._tokens.get(raw)
-        return self._parse(raw) if found is None else found
-
     def _parse(self, raw: bytes) -> tuple[str, ...]:
+        """The tokens of a ``tokens`` column (as bytes), parsed and interned."""
         if raw[:1] == b"s":
             parts = raw[1:].decode("utf-8").split("\x00")  # b"s": [""]
             found = tuple(map(self._strs.setdefault, parts, parts))
