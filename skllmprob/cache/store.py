@@ -59,6 +59,7 @@ from .schema import (
     chunks,
     is_busy,
     read_version,
+    retry,
     rows_of,
     scan_rows,
     write_transaction,
@@ -188,35 +189,38 @@ class CompletionCache:
             self._open_read_only()
             return
         conn = self._conn()
-        deadline = time.monotonic() + BUSY_TIMEOUT
-        while True:
-            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        try:
+            # Processes that open a new file at the same moment can find each
+            # other's locks in a way SQLite answers at once, without waiting: look
+            # again (another one may have set the file up meanwhile).
+            mode = retry(lambda: self._set_up(conn))
+        except sqlite3.OperationalError as e:
             version, _ = read_version(conn, self.path)
-            if version == CACHE_SCHEMA_VERSION and str(mode).lower() == "wal":
-                return
-            try:
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                with write_transaction(conn):
-                    check_or_create_schema(conn, self.path)
-                break
-            except sqlite3.OperationalError as e:
-                # Processes that open a new file at the same moment can find each
-                # other's locks in a way SQLite answers at once, without waiting:
-                # look again (another one may have set the file up meanwhile).
-                if "locked" in str(e).lower() and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                    continue
-                if version is None or not is_read_only_error(e):
-                    raise
-                self._local = threading.local()  # reopen read-only
-                self.read_only = True
-                self._open_read_only()
-                return
+            if version is None or not is_read_only_error(e):
+                raise
+            self._local = threading.local()  # reopen read-only
+            self.read_only = True
+            self._open_read_only()
+            return
+        if mode is None:  # up to date
+            return
         if str(mode).lower() != "wal":  # pragma: no cover - exotic file systems
             warn(
                 f"the completion cache {self.path} cannot use WAL mode ({mode}); several "
                 "processes using it at once may wait for each other."
             )
+
+    def _set_up(self, conn: sqlite3.Connection) -> str | None:
+        """One look at the file: ``None`` when its schema is current and in WAL mode,
+        else the journal mode after switching to WAL and creating or upgrading it."""
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        version, _ = read_version(conn, self.path)
+        if version == CACHE_SCHEMA_VERSION and str(mode).lower() == "wal":
+            return None
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        with write_transaction(conn):
+            check_or_create_schema(conn, self.path)
+        return mode
 
     def _open_read_only(self) -> None:
         try:
