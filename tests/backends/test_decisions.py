@@ -4,12 +4,16 @@ stub's ``/v1/decisions`` route (wire shapes, faults, errors, keys)."""
 from __future__ import annotations
 
 import pickle
+import warnings
 
 import numpy as np
 import pytest
 
+from skllmprob.backends import Completion, DeterministicBackend
 from skllmprob.backends.base import Query
 from skllmprob.backends.decisions import DecisionsBackend, is_refusal
+from skllmprob.backends.decisions.estimator import warn_refusals
+from skllmprob.backends.decisions.parsing import REFUSED
 from skllmprob.backends.openai import OpenAIBackend
 from skllmprob.exceptions import (
     BackendUnavailableError,
@@ -327,3 +331,16 @@ def test_make_backend_names():
         make_backend(backend="systemone", model="m", endpoint="chat")
     with pytest.raises(ConfigurationError, match="backend_options"):
         make_backend(backend="decisions", model=MODEL, backend_options={"n_ctx": 5})
+
+
+def test_only_decision_backends_refuse():
+    # A top-k backend's answer that happens to be the refusal token is a token like
+    # any other: no warning, and no check per row for it.
+    rows = [Completion(REFUSED, np.array([0.0])), Completion(("a",), np.array([-1.0]))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert warn_refusals(rows, DeterministicBackend()) == []
+    with pytest.warns(UserWarning, match="refused 1 of 2 rows"):
+        assert warn_refusals(rows, DecisionsBackend("m", base_url="http://127.0.0.1:9/v1")) == [0]
+    with pytest.warns(UserWarning, match="refused 1 of 2 rows"):
+        assert warn_refusals(rows) == [0]

@@ -114,8 +114,11 @@ def warn_refusals(completions: Sequence, backend=None, stacklevel: int = 3) -> l
     ``"warn"`` (the default, also for ``backend=None``): one warning naming the
     rows, whose coverage is 0 and whose probabilities are the calibrator's for a
     row without scores. ``"raise"``: a :class:`~skllmprob.exceptions.RefusalError`
-    naming them (after every answer was cached and counted in usage).
+    naming them (after every answer was cached and counted in usage). A backend
+    without ``on_refusal`` is no decision backend: its answers are never refusals.
     """
+    if backend is not None and not hasattr(backend, "on_refusal"):
+        return []
     refused = refused_rows(completions)
     if not refused:
         return refused
