@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Hashable, Sequence
 from itertools import filterfalse, islice, repeat
 
 import numpy as np
 
 from .labels import normalize_token, normalize_tokens
+from .vocabulary import Vocabulary, distinct
 
 __all__ = ["Memo", "memo_for"]
 
@@ -34,6 +36,7 @@ def _after_fork_in_child() -> None:  # a lock held by another thread at fork sta
     _MEMOS_LOCK = threading.Lock()
     for memo in list(_MEMOS.values()):
         memo._rows_lock = threading.Lock()
+        memo._vocab_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -56,7 +59,8 @@ class Memo(dict):
     """Token -> class (-1: none) that computes missing entries (bounded in size),
     and the remembered rows: ``rows`` maps id(tuple of tokens) to the tuple (kept
     alive, so that its id is not reused), ``row_classes`` the same id to its
-    classes.
+    classes; and per :class:`~skllmprob.vocabulary.Vocabulary`, the classes of
+    its ids (:meth:`id_classes`).
 
     ``table`` maps normalized tokens (:func:`~skllmprob.labels.normalize_token`) to
     classes; a token that normalizes to ``""`` has none.
@@ -74,6 +78,8 @@ class Memo(dict):
         self.rows: dict[int, tuple] = {}
         self.row_classes: dict[int, np.ndarray] = {}
         self._rows_lock = threading.Lock()
+        self._vocabs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._vocab_lock = threading.Lock()
 
     def __missing__(self, token: str) -> int:
         idx = self._get(normalize_token(token), -1)
@@ -88,6 +94,33 @@ class Memo(dict):
         if new and len(self) + len(new) <= _MAX_TOKENS:
             self.update(zip(new, map(self._get, normalize_tokens(new), repeat(-1)), strict=False))
         return np.fromiter(map(self.__getitem__, tokens), dtype=np.intp, count=len(tokens))
+
+    def id_classes(self, vocab: Vocabulary, ids: np.ndarray) -> np.ndarray:
+        """The classes of the tokens ``ids`` of ``vocab`` (every one of them read).
+
+        Each id is classified once per vocabulary (the new ones together), then
+        read from an array.
+
+        >>> from skllmprob.vocabulary import Vocabulary
+        >>> v = Vocabulary()
+        >>> v.add([0, 1, 2], [" Yes", "maybe", "NO"])
+        >>> Memo({"yes": 0, "no": 1}).id_classes(v, np.array([2, 0, 1, 0])).tolist()
+        [1, 0, -1, 0]
+        """
+        with self._vocab_lock:
+            classes, done = self._vocabs.get(vocab, (np.empty(0, np.intp), np.empty(0, bool)))
+            size = len(vocab.tokens)
+            if classes.size < size:
+                classes = np.concatenate([classes, np.full(size - classes.size, -1, np.intp)])
+                done = np.concatenate([done, np.zeros(size - done.size, bool)])
+                self._vocabs[vocab] = classes, done
+            need = distinct(ids, done).tolist()
+            if need:
+                tokens = list(map(vocab.tokens.__getitem__, need))
+                found = map(self._get, normalize_tokens(tokens), repeat(-1))
+                classes[need] = np.fromiter(found, dtype=np.intp, count=len(need))
+                done[need] = True
+            return classes[ids]
 
     def remember(self, rows: list, classes: list) -> None:
         """Remember the classes of the rows that are tuples."""

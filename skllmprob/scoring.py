@@ -48,6 +48,7 @@ from .labels import (
     option_codes,
     resolve_answers,
 )
+from .vocabulary import ids_of
 
 __all__ = [
     "MIN_LOGPROB",
@@ -125,6 +126,11 @@ class TokenMatcher:
     def __call__(self, token: str) -> int:
         return self._memo[token]
 
+    def id_classes(self, vocab, ids: np.ndarray) -> np.ndarray:
+        """The classes of the tokens ``ids`` of ``vocab`` (a
+        :class:`~skllmprob.vocabulary.Vocabulary` that has read each of them)."""
+        return self._memo.id_classes(vocab, ids)
+
     def row_classes(self, rows: Sequence[Sequence[str]]) -> np.ndarray:
         """The classes of the tokens of every row, concatenated.
 
@@ -132,7 +138,9 @@ class TokenMatcher:
         lives in the memo (keyed by the tuple's identity, which the memo keeps
         alive): completions served from the cache's memory layer are the same
         objects call after call, so their tokens are classified once. The rows
-        not remembered are classified together, each distinct token once.
+        not remembered are classified together, each distinct token once. Rows
+        read from the file as ids into one vocabulary
+        (:class:`~skllmprob.vocabulary.TokenIds`) are classified by id.
 
         >>> m = TokenMatcher(["yes", "no"])
         >>> m.row_classes([(" yes", "x"), ["No"]])
@@ -141,6 +149,9 @@ class TokenMatcher:
         if not rows:
             return np.empty(0, dtype=np.intp)
         memo = self._memo
+        as_ids = ids_of(rows)
+        if as_ids is not None:
+            return self.id_classes(as_ids[0], np.concatenate(as_ids[1]))
         ids = list(map(id, rows))
         known = list(map(is_, map(memo.rows.get, ids), rows))
         if not any(known):  # a first read: every row new
@@ -208,7 +219,8 @@ def label_log_mass(
     n, k = len(tokens), matcher.n_classes
     if len(logprobs) != n:
         raise ValueError(f"{n} token lists but {len(logprobs)} log-probability arrays")
-    lens = np.fromiter(map(len, tokens), dtype=np.intp, count=n)
+    as_ids = ids_of(tokens)  # rows read from the cache file: their lengths without a call
+    lens = np.fromiter(map(len, tokens if as_ids is None else as_ids[1]), dtype=np.intp, count=n)
     arrays = [
         lp if type(lp) is np.ndarray and lp.ndim == 1 else np.asarray(lp, dtype=float).reshape(-1)
         for lp in logprobs
@@ -216,7 +228,10 @@ def label_log_mass(
     if not np.array_equal(lens, np.fromiter(map(len, arrays), dtype=np.intp, count=n)):
         raise ValueError("a token list and its log-probabilities differ in length")
     lps = np.concatenate(arrays).astype(float, copy=False) if n else np.empty(0)
-    classes = matcher.row_classes(tokens)
+    if as_ids is None:
+        classes = matcher.row_classes(tokens)
+    else:
+        classes = matcher.id_classes(as_ids[0], np.concatenate(as_ids[1]))
     valid = lps > MIN_LOGPROB
     # Smallest valid log-probability of each row (empty segments contribute nothing
     # to reduceat when only the starts of non-empty rows are given).

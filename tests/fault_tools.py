@@ -111,6 +111,8 @@ def audit_cache(path: str | os.PathLike) -> CacheAudit:
     empty, healthy cache.
     """
     from skllmprob.cache import _DECODE_ERRORS, _decode
+    from skllmprob.cache.schema import tokens_of_ids
+    from skllmprob.vocabulary import Vocabulary
 
     path = Path(path)
     if not path.exists():
@@ -122,10 +124,14 @@ def audit_cache(path: str | os.PathLike) -> CacheAudit:
         if "completions" not in tables:
             return CacheAudit(integrity=integrity, corrupt=int(integrity != "ok"))
         entries = corrupt = 0
+        vocab = Vocabulary()  # the whole vocabulary (checked as a process reads it)
+        if "vocab" in tables:
+            ids = [i for (i,) in conn.execute("SELECT id FROM vocab ORDER BY id")]
+            vocab.add(*tokens_of_ids(conn, np.asarray(ids, dtype=np.int64)))
         for data, text in conn.execute("SELECT data, tokens FROM completions"):
             entries += 1
             try:
-                _decode(data, text)
+                _decode(data, text, vocab)
             except _DECODE_ERRORS:
                 corrupt += 1
         claims = conn.execute("SELECT COUNT(*) FROM claims").fetchone()[0]

@@ -365,7 +365,7 @@ def test_error_midway_keeps_what_was_answered(tmp_path):
 def test_write_failure_warns_and_keeps_results(tmp_path, monkeypatch):
     import skllmprob.cache.store as store_mod
 
-    def broken(c):
+    def broken(c, token_ids=None):
         raise OSError("disk full")
 
     monkeypatch.setattr(store_mod, "encode", broken)

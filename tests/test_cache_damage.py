@@ -18,7 +18,7 @@ from cache_helpers import det_clf, make_texts, run_python
 
 from skllmprob._engine import fetch_completions
 from skllmprob.backends import DeterministicBackend, Query
-from skllmprob.cache import CACHE_SCHEMA_VERSION, CompletionCache, open_cache
+from skllmprob.cache import CACHE_SCHEMA_VERSION, CompletionCache, _encode, open_cache
 from skllmprob.exceptions import CacheError
 
 NAME = "damage"
@@ -73,11 +73,19 @@ def _old_value(tokens, logprobs, usage=(5, 1, 0)):
     return head + np.asarray(logprobs, "<f8").tobytes(), "s" + "\x00".join(tokens)
 
 
-def _schema2_file(path, rows):
+def _stored(path):
+    """Every completion of the file at ``path``, as a new process reads it."""
+    keys = [k for (k,) in _sql(path, "SELECT key FROM completions")]
+    found = CompletionCache(path, memory_mb=0).get_many(keys)
+    assert len(found) == len(keys)
+    return found
+
+
+def _schema2_file(path, rows, version=2):
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    conn.execute("INSERT INTO meta VALUES ('schema_version', '2'), ('generation', '0')")
+    conn.execute("INSERT INTO meta VALUES ('schema_version', ?), ('generation', '0')", (version,))
     conn.execute(
         "CREATE TABLE completions (key BLOB PRIMARY KEY, data BLOB NOT NULL,"
         " tokens TEXT NOT NULL, created REAL NOT NULL) WITHOUT ROWID"
@@ -97,10 +105,7 @@ def test_a_file_of_the_previous_schema_keeps_working(tmp_path):
     # Write the entries with today's classifier, then turn them into a schema 2 file
     # with format 1 values, as the previous release wrote them.
     clf, texts, path, expected = _filled(tmp_path, name="old-schema")
-    rows = []
-    for key, data, text in _sql(path, "SELECT key, data, tokens FROM completions"):
-        n = struct.unpack_from("<xxH", data)[0]
-        rows.append((key, *_old_value(text[1:].split("\x00"), np.frombuffer(data, "<f8", n, 24))))
+    rows = [(k, *_old_value(list(c.tokens), c.logprobs)) for k, c in _stored(path).items()]
     rows[0] = (rows[0][0], *_old_value(["x", "y"], [0.5, -1.0]))  # implausible: log p > 0
     old = tmp_path / "old.sqlite"
     _schema2_file(old, rows)
@@ -114,6 +119,29 @@ def test_a_file_of_the_previous_schema_keeps_working(tmp_path):
     ]
     info = clf.cache_info()
     assert (info.entries, info.corrupt, info.total_hits) == (len(texts), 1, 7 + len(texts) - 1)
+
+
+def test_a_schema_3_file_is_read_and_then_gets_token_ids(tmp_path):
+    # Today's entries as the previous release wrote them (format 2: token text,
+    # checksum; no vocabulary table).
+    clf, texts, path, expected = _filled(tmp_path, name="schema-3")
+    rows = [(k, *_encode(c)) for k, c in _stored(path).items()]
+    assert {t[0] for _, _, t in rows} == {"s"} and {d[0] for _, d, _ in rows} == {2}
+    old = tmp_path / "schema3.sqlite"
+    _schema2_file(old, rows[1:], version=3)
+    before = _requests("schema-3")
+    clf.set_params(cache=str(old))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no entry is damaged
+        np.testing.assert_array_equal(clf.predict_proba(texts), expected)
+    assert _requests("schema-3") - before == 1  # the one left out
+    assert _sql(old, "SELECT value FROM meta WHERE name = 'schema_version'") == [
+        (str(CACHE_SCHEMA_VERSION),)
+    ]
+    formats = dict(_sql(old, "SELECT key, tokens FROM completions"))
+    assert formats[rows[0][0]] == "v"  # the new entry: ids into the vocabulary
+    assert all(formats[k] == t for k, _, t in rows[1:])  # the old ones as they were
+    assert len(_stored(old)) == len(texts)
 
 
 # ----------------------------------------------------- item 3: one bad row, bad files

@@ -14,6 +14,7 @@ import skllmprob.cache.schema as schema_mod
 from skllmprob._engine import fetch_completions
 from skllmprob.backends import DeterministicBackend, Query
 from skllmprob.cache import CompletionCache, KeyBuilder, open_cache
+from skllmprob.vocabulary import TokenIds
 
 
 class FileWatcher:
@@ -143,8 +144,13 @@ def test_reads_are_batched_and_only_read(tmp_path, monkeypatch, scan):
     reads = [s for s in seen if "FROM completions" in s]
     assert len(reads) == (1 if scan else -(-3000 // cache._chunk))
     assert not [s for s in seen if s.split()[0].upper() not in ("SELECT", "PRAGMA")]
-    # The same token lists give the same tuple objects (later stages memoize on them).
-    assert len({id(c.tokens) for c in got}) == len({c.tokens for c in got})
+    # The tokens are ids into one vocabulary, read once: the same token is the same
+    # string object in every entry (later stages classify a vocabulary's ids once).
+    assert {type(c.tokens) for c in got} == {TokenIds}
+    assert len({id(c.tokens.vocab) for c in got}) == 1
+    strings: dict = {}
+    assert all(strings.setdefault(t, t) is t for c in got for t in c.tokens)
+    assert len([s for s in seen if "FROM vocab" in s]) == 1
 
 
 def test_scan_skips_the_keys_not_asked_for(tmp_path):

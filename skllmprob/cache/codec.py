@@ -5,12 +5,14 @@ a newline and the prompt in UTF-8 (:class:`KeyBuilder`). A value is a completion
 stored in two columns (:func:`encode` / :func:`decode`):
 
 - ``data``: a 24-byte header (format, number of tokens, number of answers or 0xFFFF
-  for none, prompt/completion/cached tokens, and in format 2 a CRC-32 of the header,
-  the ``tokens`` text and the numbers), the log-probabilities and the answer
-  log-probabilities as little-endian float64 (format 1, written by schema 2 files,
-  has no checksum and is checked for plausibility only);
-- ``tokens``: ``"s"`` + the tokens joined by NUL, or ``"j"`` + a JSON list when a
-  token holds a NUL or cannot be written as UTF-8.
+  for none, prompt/completion/cached tokens, and from format 2 on a CRC-32 of the
+  header, the ``tokens`` text and the rest), the log-probabilities and the answer
+  log-probabilities as little-endian float64, and in format 3 the tokens as
+  little-endian uint32 ids into the file's vocabulary
+  (:mod:`skllmprob.vocabulary`). Format 1, written by schema 2 files, has no
+  checksum and is checked for plausibility only;
+- ``tokens``: in format 3 ``"v"``; else ``"s"`` + the tokens joined by NUL, or
+  ``"j"`` + a JSON list when a token holds a NUL or cannot be written as UTF-8.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import fields
 from typing import Any
 
@@ -31,6 +33,7 @@ import numpy as np
 
 from ..backends.base import Completion
 from ..exceptions import CacheError
+from ..vocabulary import TokenIds, Vocabulary
 
 __all__ = [
     "DECODE_ERRORS",
@@ -49,8 +52,10 @@ __all__ = [
 KEY_VERSION = "skllmprob-key-2"
 
 _HEAD = struct.Struct("<BxHHxxIIII")
-#: Value formats: 1 (schema 2 files) has no checksum, 2 ends its header with one.
-_FORMAT, _FORMAT_NO_CHECKSUM = 2, 1
+#: Value formats: 1 (schema 2 files) has no checksum, 2 ends its header with one,
+#: 3 also stores the tokens as ids into the file's vocabulary.
+_FORMAT_NO_CHECKSUM, _FORMAT, _FORMAT_IDS = 1, 2, 3
+_IDS_TEXT = "v"
 _NO_ANSWERS = 0xFFFF
 _MAX_COUNT = 0xFFFE
 #: What :func:`decode` raises on a damaged value.
@@ -214,8 +219,23 @@ def _text_of(tokens: tuple[str, ...]) -> str:
     return text
 
 
-def encode(c: Completion) -> tuple[bytes, str]:
-    """A completion as ``(data, tokens)`` column values (format 2, with checksum)."""
+def _ids_of(tokens: tuple[str, ...], token_ids: Mapping[str, int] | None) -> bytes | None:
+    """The tokens as uint32 ids (little-endian), or ``None`` when one has no id."""
+    if token_ids is None:
+        return None
+    try:
+        found = np.fromiter(map(token_ids.__getitem__, tokens), dtype="<u8", count=len(tokens))
+    except KeyError:
+        return None
+    if found.size and int(found.max()) > 2**32 - 1:
+        return None
+    return found.astype("<u4").tobytes()
+
+
+def encode(c: Completion, token_ids: Mapping[str, int] | None = None) -> tuple[bytes, str]:
+    """A completion as ``(data, tokens)`` column values: format 3 (token ids) when
+    ``token_ids`` holds the id of every token, else format 2 (token text); both
+    with a checksum."""
     lp = np.ascontiguousarray(c.logprobs, dtype="<f8").ravel()
     tokens = tuple(c.tokens)
     if len(tokens) != lp.size:
@@ -234,9 +254,11 @@ def encode(c: Completion) -> tuple[bytes, str]:
             "implausible log-probabilities (above 0, NaN, or a total probability above 1)"
         )
     usage = (int(c.prompt_tokens), int(c.completion_tokens), int(c.cached_tokens))
-    head = _HEAD.pack(_FORMAT, lp.size, m, *(min(max(u, 0), 2**32 - 1) for u in usage), 0)
-    text = _text_of(tokens)
-    payload = lp.tobytes() + answers
+    ids = _ids_of(tokens, token_ids)
+    fmt = _FORMAT if ids is None else _FORMAT_IDS
+    head = _HEAD.pack(fmt, lp.size, m, *(min(max(u, 0), 2**32 - 1) for u in usage), 0)
+    text = _text_of(tokens) if ids is None else _IDS_TEXT
+    payload = lp.tobytes() + answers + (b"" if ids is None else ids)
     crc = zlib.crc32(payload, zlib.crc32(head[:20], zlib.crc32(text.encode("utf-8"))))
     return head[:20] + crc.to_bytes(4, "little") + payload, text
 
@@ -245,14 +267,15 @@ class Decoder:
     """Decodes rows of the cache, checking each one.
 
     A row is refused (one of :data:`DECODE_ERRORS`) when its layout is inconsistent,
-    its checksum (format 2) does not match, or its numbers are implausible: a
+    its checksum (formats 2 and 3) does not match, a token id (format 3) is not in
+    the file's vocabulary, or its numbers are implausible: a
     log-probability above 0 or NaN, or top tokens whose probabilities sum to more
     than 1 (each within :data:`LOGPROB_TOLERANCE`; format 1 only, as :func:`encode`
-    writes no such numbers and a format 2 checksum proves a value unchanged).
-    Token lists are interned: the same stored list gives the same tuple, so later
-    stages can remember their work on it by identity, and the same token the same
-    string (the tokens of many entries share a model's vocabulary: less memory,
-    and faster look-ups later).
+    writes no such numbers and a checksum proves a value unchanged).
+    Token lists of formats 1 and 2 are interned: the same stored list gives the
+    same tuple, so later stages can remember their work on it by identity, and
+    the same token the same string (the tokens of many entries share a model's
+    vocabulary: less memory, and faster look-ups later).
     """
 
     def __init__(self) -> None:
@@ -277,46 +300,103 @@ class Decoder:
         self._tokens[raw] = found
         return found
 
-    def many(self, rows: Iterable[tuple[bytes, bytes, bytes]]) -> tuple[dict, list[bytes]]:
+    def many(
+        self,
+        rows: Iterable[tuple[bytes, bytes, bytes]],
+        vocab: Vocabulary | None = None,
+        load: Callable[[np.ndarray], tuple[np.ndarray, list[str]]] | None = None,
+    ) -> tuple[dict, list[bytes]]:
         """Decode ``(key, data, tokens as bytes)`` rows: ``({key: completion}, bad
-        keys)``. The loop runs for every entry read: keep it lean. The plausibility
-        of the numbers is checked afterwards, for all rows at once, and only for
-        format 1: :func:`encode` refuses implausible numbers, and the checksum of a
-        format 2 value proves it unchanged since."""
+        keys)``. The loop runs for every entry read: keep it lean.
+
+        Format 3 rows need the file's ``vocab``; ids it has not read yet are read
+        with ``load(ids)`` (the ids found and their tokens), once for all rows, and a row
+        with an id that is not found is damaged. The plausibility of the numbers
+        is checked afterwards, for all rows at once, and only for format 1:
+        :func:`encode` refuses implausible numbers, and the checksum of a format 2
+        or 3 value proves it unchanged since."""
         out: dict[bytes, Completion] = {}
         unchecked: dict[bytes, Completion] = {}  # format 1
+        with_ids: list[bytes] = []  # format 3
         bad: list[bytes] = []
         unpack, crc32, frombuffer = _HEAD.unpack_from, zlib.crc32, np.frombuffer
-        make = make_completion
+        make, make_ids = make_completion, _token_ids_factory(vocab)
         interned, parse = self._tokens.get, self._parse
         for key, data, raw in rows:
             try:
                 fmt, n, m, pt, ct, cached, crc = unpack(data)
-                tokens = interned(raw)
-                if tokens is None:
-                    tokens = parse(raw)
-                if n == 0 and raw == b"s":  # no tokens, not one empty token
-                    tokens = ()
                 end = 24 + 8 * n
-                if (
-                    len(tokens) != n
-                    or len(data) != (end if m == _NO_ANSWERS else end + 8 * m)
-                    or (fmt == _FORMAT and crc32(data[24:], crc32(data[:20], crc32(raw))) != crc)
-                    or fmt > _FORMAT
-                    or fmt < _FORMAT_NO_CHECKSUM
+                stop = end if m == _NO_ANSWERS else end + 8 * m
+                if fmt == _FORMAT_IDS:
+                    if raw != b"v" or len(data) != stop + 4 * n or make_ids is None:
+                        raise ValueError("damaged value")
+                    tokens = make_ids(frombuffer(data, "<u4", n, stop))
+                    with_ids.append(key)
+                else:
+                    tokens = interned(raw)
+                    if tokens is None:
+                        tokens = parse(raw)
+                    if n == 0 and raw == b"s":  # no tokens, not one empty token
+                        tokens = ()
+                    if len(tokens) != n or len(data) != stop or fmt < _FORMAT_NO_CHECKSUM:
+                        raise ValueError("damaged value")
+                if fmt > _FORMAT_IDS or (
+                    fmt != _FORMAT_NO_CHECKSUM
+                    and crc32(data[24:], crc32(data[:20], crc32(raw))) != crc
                 ):
                     raise ValueError("damaged value")
             except DECODE_ERRORS:
+                if with_ids and with_ids[-1] == key:
+                    with_ids.pop()
                 bad.append(key)
                 continue
             answers = None if m == _NO_ANSWERS else frombuffer(data, "<f8", m, end)
             out[key] = c = make(tokens, frombuffer(data, "<f8", n, 24), answers, pt, ct, cached)
-            if fmt != _FORMAT:
+            if fmt == _FORMAT_NO_CHECKSUM:
                 unchecked[key] = c
         for key in implausible(unchecked):
             del out[key]
             bad.append(key)
+        if with_ids:
+            for key in _unknown_ids(out, with_ids, vocab, load):
+                del out[key]
+                bad.append(key)
         return out, bad
+
+
+def _token_ids_factory(vocab: Vocabulary | None):
+    """A fast constructor of :class:`~skllmprob.vocabulary.TokenIds` of ``vocab``
+    (``None`` without one: format 3 rows cannot be read)."""
+    if vocab is None:
+        return None
+    new, set_vocab, set_ids = object.__new__, TokenIds.vocab.__set__, TokenIds.ids.__set__
+
+    def make(ids: np.ndarray) -> TokenIds:
+        t = new(TokenIds)
+        set_vocab(t, vocab)
+        set_ids(t, ids)
+        return t
+
+    return make
+
+
+def _unknown_ids(out: dict, keys: list[bytes], vocab, load) -> list[bytes]:
+    """The ``keys`` (format 3 rows of ``out``) with a token id that ``vocab`` does
+    not have, after reading the missing ids once with ``load``."""
+    ids = [out[k].tokens.ids for k in keys]
+    flat = np.concatenate(ids)
+    missing = vocab.unknown(flat)
+    if missing.size and load is not None:
+        vocab.add(*load(missing))
+        missing = vocab.unknown(flat)
+    if not missing.size:
+        return []
+    lens = np.fromiter(map(len, ids), dtype=np.intp, count=len(ids))
+    unknown = (~vocab.known(flat)).astype(np.intp)
+    nonempty = lens > 0
+    per_row = np.zeros(len(keys), dtype=np.intp)
+    per_row[nonempty] = np.add.reduceat(unknown, (np.cumsum(lens) - lens)[nonempty])
+    return [keys[i] for i in np.flatnonzero(per_row)]
 
 
 def _bad_rows(arrays: list, *, mass: bool) -> np.ndarray:
@@ -358,11 +438,11 @@ def implausible(completions: dict[bytes, Completion]) -> list[bytes]:
 _DECODER = Decoder()
 
 
-def decode(data: bytes, text: str | bytes) -> Completion:
-    """Inverse of :func:`encode` (also reads format 1); raises ``ValueError`` on a
-    damaged or implausible value."""
+def decode(data: bytes, text: str | bytes, vocab: Vocabulary | None = None) -> Completion:
+    """Inverse of :func:`encode` (also reads format 1; format 3 with the ``vocab``
+    that holds its ids); raises ``ValueError`` on a damaged or implausible value."""
     raw = text.encode("utf-8") if isinstance(text, str) else text
-    out, _ = _DECODER.many([(b"", data, raw)])
+    out, _ = _DECODER.many([(b"", data, raw)], vocab)
     if not out:
         raise ValueError("damaged or implausible cache value")
     return out[b""]

@@ -15,7 +15,7 @@ __all__ = ["MEMORY_MB", "MemoryLayer", "default_memory_bytes"]
 #: Default budget of the in-process memory layer (``$SKLLMPROB_CACHE_MEMORY_MB``).
 MEMORY_MB = 64
 
-_TOKENS, _ANSWERS = attrgetter("tokens"), attrgetter("answer_logprobs")
+_LOGPROBS, _ANSWERS = attrgetter("logprobs"), attrgetter("answer_logprobs")
 
 
 def default_memory_bytes() -> int:
@@ -35,9 +35,10 @@ def default_memory_bytes() -> int:
 
 
 def _total_size(cs: Collection[Completion]) -> int:
-    """An estimate of the memory that the completions ``cs`` take (bytes)."""
+    """An estimate of the memory that the completions ``cs`` take (bytes); a
+    completion has as many tokens as log-probabilities."""
     answers = [a for a in map(_ANSWERS, cs) if a is not None]
-    return 400 * len(cs) + 80 * sum(map(len, map(_TOKENS, cs))) + 8 * sum(map(len, answers))
+    return 400 * len(cs) + 80 * sum(map(len, map(_LOGPROBS, cs))) + 8 * sum(map(len, answers))
 
 
 def _size(c: Completion) -> int:

@@ -3,32 +3,42 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import time
+import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from ..exceptions import CacheError
+from ..vocabulary import MAX_ID, Vocabulary, vocabulary_for
 
 __all__ = [
     "BUSY_TIMEOUT",
     "CACHE_SCHEMA_VERSION",
     "check_or_create_schema",
     "chunks",
+    "file_vocabulary",
     "is_busy",
     "marks",
     "read_version",
     "retry",
     "rows_of",
     "scan_rows",
+    "token_ids",
+    "tokens_of_ids",
     "write_transaction",
 ]
 
-#: Version of the file layout: a file with a higher version is refused. Schema 3
-#: stores values with a checksum (value format 2); the entries of schema 2 files
-#: (format 1) stay readable and are checked for plausibility only.
-CACHE_SCHEMA_VERSION = 3
+#: Version of the file layout: a file with a higher version is refused. Schema 4
+#: stores tokens as ids into a vocabulary table (value format 3); schema 3 stores
+#: values with a checksum (format 2). The entries of older files stay readable
+#: (those of schema 2, format 1, are checked for plausibility only).
+CACHE_SCHEMA_VERSION = 4
 #: Seconds SQLite waits for a lock held by another connection.
 BUSY_TIMEOUT = 60.0
 #: Keys per ``SELECT ... IN (...)`` at most.
@@ -44,7 +54,12 @@ _TABLES = (
     "CREATE TABLE IF NOT EXISTS claims (key BLOB PRIMARY KEY, owner TEXT NOT NULL,"
     " pid INTEGER NOT NULL, host TEXT NOT NULL, heartbeat REAL NOT NULL) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS stats (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    # Each distinct token once (UTF-8, with its CRC-32); ids are never reassigned.
+    "CREATE TABLE IF NOT EXISTS vocab (id INTEGER PRIMARY KEY, token BLOB NOT NULL UNIQUE,"
+    " crc INTEGER NOT NULL)",
 )
+#: Ids looked up one by one (``IN``) below this many; more are read in one scan.
+_SCAN_IDS = 512
 
 
 def is_busy(e: sqlite3.OperationalError) -> bool:
@@ -146,9 +161,94 @@ def check_or_create_schema(conn: sqlite3.Connection, path: Path) -> int:
         "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(CACHE_SCHEMA_VERSION),)
     )
     conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
+    # The vocabulary's own id: processes key what they read of it by this id (and
+    # the file's identity on disk), never by the path alone.
+    conn.execute("INSERT OR IGNORE INTO meta VALUES ('vocabulary', ?)", (uuid.uuid4().hex,))
     for sql in _TABLES[1:]:
         conn.execute(sql)
     return CACHE_SCHEMA_VERSION
+
+
+def file_vocabulary(conn: sqlite3.Connection, path: Path) -> Vocabulary | None:
+    """This process's :class:`~skllmprob.vocabulary.Vocabulary` of the file open on
+    ``conn`` (``None``: a file without one, schema 3 or older)."""
+    row = conn.execute("SELECT value FROM meta WHERE name = 'vocabulary'").fetchone()
+    if row is None:
+        return None
+    try:
+        st = os.stat(path)
+        where = (st.st_dev, st.st_ino)
+    except OSError:
+        where = (str(path),)
+    return vocabulary_for((row[0], *where))
+
+
+def token_ids(conn: sqlite3.Connection, tokens: Collection[str]) -> dict[str, int]:
+    """The ids of ``tokens`` in the file's vocabulary, adding the new ones (inside a
+    write transaction). Tokens that cannot be written as UTF-8, or whose id would
+    not be read back (above :data:`~skllmprob.vocabulary.MAX_ID`), get none."""
+    blobs: dict[bytes, str] = {}
+    for t in tokens:
+        with contextlib.suppress(UnicodeError):
+            blobs[t.encode("utf-8")] = t
+    if not blobs:
+        return {}
+
+    def select(wanted: list[bytes]) -> list:
+        sql = "SELECT token, id FROM vocab WHERE token IN "
+        found: list = []
+        for chunk in chunks(wanted, 900):
+            found += conn.execute(sql + f"({marks(len(chunk))})", chunk).fetchall()
+        return found
+
+    found = dict(select(list(blobs)))
+    new = [b for b in blobs if b not in found]
+    if new:
+        conn.executemany(
+            "INSERT OR IGNORE INTO vocab (token, crc) VALUES (?, ?)",
+            [(b, zlib.crc32(b)) for b in new],
+        )
+        found.update(select(new))
+    return {blobs[b]: i for b, i in found.items() if 0 <= i <= MAX_ID}
+
+
+def tokens_of_ids(conn: sqlite3.Connection, ids: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """The vocabulary's ``ids`` (sorted) that it holds, and their tokens; entries
+    whose CRC does not match or that are not UTF-8 are left out (rows that use
+    them are then damaged). Many ids are read in one scan from the smallest."""
+    if ids.size > _SCAN_IDS:
+        sql, chunked = "SELECT id, token, crc FROM vocab WHERE id >= ?", [[int(ids[0])]]
+    else:
+        sql = "SELECT id, token, crc FROM vocab WHERE id IN ({})"
+        chunked = list(chunks(ids.tolist(), 900))
+    rows: list = []
+    for chunk in chunked:
+        rows += conn.execute(sql.format(marks(len(chunk))), chunk).fetchall()
+    if not rows:
+        return np.empty(0, dtype=np.int64), []
+    found, blobs, crcs = zip(*rows, strict=True)
+    try:  # the whole vocabulary at C speed
+        ok = np.fromiter(map(zlib.crc32, blobs), np.int64, len(blobs)) == np.array(crcs)
+        tokens = list(map(bytes.decode, blobs))
+    except (TypeError, UnicodeError, ValueError, OverflowError):  # a damaged entry
+        ok, tokens = _check_one_by_one(blobs, crcs)
+    found = np.asarray(found, dtype=np.int64)
+    if not ok.all():
+        found, tokens = found[ok], [t for t, good in zip(tokens, ok.tolist(), strict=True) if good]
+    return found, tokens
+
+
+def _check_one_by_one(blobs, crcs) -> tuple[np.ndarray, list[str]]:
+    ok, tokens = [], []
+    for blob, crc in zip(blobs, crcs, strict=True):
+        try:
+            good = type(blob) is bytes and zlib.crc32(blob) == crc
+            tokens.append(blob.decode("utf-8") if good else "")
+        except UnicodeError:
+            good = False
+            tokens.append("")
+        ok.append(good)
+    return np.array(ok, dtype=bool), tokens
 
 
 def scan_rows(conn: sqlite3.Connection, keys: Sequence[bytes]) -> list | None:

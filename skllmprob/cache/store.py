@@ -57,11 +57,14 @@ from .schema import (
     CHUNK,
     check_or_create_schema,
     chunks,
+    file_vocabulary,
     is_busy,
     read_version,
     retry,
     rows_of,
     scan_rows,
+    token_ids,
+    tokens_of_ids,
     write_transaction,
 )
 from .stats import CacheInfo, Counters, add_totals, in_worker
@@ -230,7 +233,7 @@ class CompletionCache:
             self._immutable = True
             self._local = threading.local()
             version, _ = read_version(self._conn(), self.path)
-        if version is None or version < CACHE_SCHEMA_VERSION - 1:
+        if version is None or version < 2:
             raise CacheError(
                 f"the completion cache {self.path} is read-only and "
                 f"{'empty' if version is None else 'of an old layout'}: it cannot be "
@@ -256,14 +259,16 @@ class CompletionCache:
         the same keys do not count them again)."""
         out: dict[bytes, Completion] = {}
         bad: list[bytes] = []
+        vocab = self._vocabulary(conn)
+        load = lambda ids: tokens_of_ids(conn, ids)  # noqa: E731
         with gc_paused():  # many new objects, no cycles (see gc_paused)
             rows = scan_rows(conn, keys)
             if rows is not None:
-                out, bad = self._decoder.many(rows)
+                out, bad = self._decoder.many(rows, vocab, load)
                 del rows  # the rows' tuples, before the collector sees them
             else:
                 for chunk in chunks(keys, self._chunk):
-                    found, damaged = self._decoder.many(rows_of(conn, chunk))
+                    found, damaged = self._decoder.many(rows_of(conn, chunk), vocab, load)
                     out.update(found)
                     bad.extend(damaged)
         self._memory.put_many(out)
@@ -326,11 +331,20 @@ class CompletionCache:
 
     # -- writing ---------------------------------------------------------------------
 
+    def _vocabulary(self, conn: sqlite3.Connection):
+        """The vocabulary of the file open on ``conn`` (read once per connection)."""
+        local = self._local
+        if getattr(local, "vocab_conn", None) is not conn:
+            local.vocab, local.vocab_conn = file_vocabulary(conn, self.path), conn
+        return local.vocab
+
     def _insert(self, conn: sqlite3.Connection, items: Sequence[tuple[bytes, Completion]]) -> None:
-        now = time.time()
+        """Write ``items`` (in a write transaction), tokens as ids into the vocabulary
+        (a writable file always has one: it is upgraded when opened)."""
+        now, ids = time.time(), token_ids(conn, {t for _, c in items for t in c.tokens})
         conn.executemany(
             "INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?)",
-            [(k, *encode(c), now) for k, c in items],
+            [(k, *encode(c, ids), now) for k, c in items],
         )
         self._counters.rewritten(k for k, _ in items)
 
