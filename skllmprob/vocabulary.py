@@ -16,6 +16,7 @@ to a file, never reassigned, so what a process has read stays true.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Hashable, Iterator, Sequence
 from operator import attrgetter
@@ -30,6 +31,17 @@ MAX_ID = 2**24
 _VOCABULARIES: dict = {}
 _LOCK = threading.Lock()
 _MAX_VOCABULARIES = 16
+
+
+def _after_fork_in_child() -> None:  # a lock held by another thread at fork stays held
+    global _LOCK
+    _LOCK = threading.Lock()
+    for vocab in list(_VOCABULARIES.values()):
+        vocab._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def vocabulary_for(key: Hashable) -> Vocabulary:

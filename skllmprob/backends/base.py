@@ -57,7 +57,10 @@ class Completion:
     Attributes
     ----------
     tokens : tuple of str
-        Top next tokens, most likely first (may be fewer than requested).
+        Top next tokens, most likely first (may be fewer than requested). A
+        completion read from a cache file holds a
+        :class:`~skllmprob.vocabulary.TokenIds` instead: a read-only sequence of
+        ``str`` equal to that tuple (and pickled as it).
     logprobs : ndarray of float64
         Their log-probabilities.
     answer_logprobs : ndarray of float64 or None
