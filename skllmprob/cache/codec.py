@@ -385,14 +385,14 @@ def _unknown_ids(out: dict, keys: list[bytes], vocab, load) -> list[bytes]:
     not have, after reading the missing ids once with ``load``."""
     ids = [out[k].tokens.ids for k in keys]
     flat = np.concatenate(ids)
-    missing = vocab.unknown(flat)
-    if missing.size and load is not None:
-        vocab.add(*load(missing))
-        missing = vocab.unknown(flat)
-    if not missing.size:
+    known = vocab.known(flat)
+    if load is not None and not known.all():
+        vocab.add(*load(vocab.unknown(flat)))
+        known = vocab.known(flat)
+    if known.all():
         return []
     lens = np.fromiter(map(len, ids), dtype=np.intp, count=len(ids))
-    unknown = (~vocab.known(flat)).astype(np.intp)
+    unknown = (~known).astype(np.intp)
     nonempty = lens > 0
     per_row = np.zeros(len(keys), dtype=np.intp)
     per_row[nonempty] = np.add.reduceat(unknown, (np.cumsum(lens) - lens)[nonempty])
