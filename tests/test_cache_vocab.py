@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from cache_helpers import ROOT, completion, make_texts, run_python
 
+import skllmprob.cache.schema as schema_mod
 import skllmprob.vocabulary as vocabulary_mod
 from skllmprob._engine import fetch_completions
 from skllmprob.backends import Completion, DeterministicBackend, Query
@@ -209,3 +210,20 @@ def test_processes_writing_new_tokens_at_once_agree_on_their_ids(tmp_path):
     want: dict = {}
     DeterministicBackend().complete(texts, Query(top_logprobs=20), on_result=want.__setitem__)
     assert json.loads(r.stdout) == [list(want[i].tokens) for i in range(400)]
+
+
+@pytest.mark.parametrize("scan_above", [0, 10**9], ids=["scan", "look-ups"])
+def test_the_vocabulary_is_read_by_scan_or_by_look_ups(
+    tmp_path, monkeypatch, new_process, scan_above
+):
+    path = tmp_path / "c.sqlite"
+    toks = [(f" w{i}", f"w{i + 1}", "\n") for i in range(60)]
+    items = {
+        bytes([i]) * 32: completion(tokens=t, probs=(0.5, 0.2, 0.1)) for i, t in enumerate(toks)
+    }
+    CompletionCache(path).put_many(items.items())
+    monkeypatch.setattr(schema_mod, "_SCAN_IDS", scan_above)
+    new_process()
+    wanted = list(items)[10:40]  # some of the ids, from the middle
+    assert _read(path, wanted) == [items[k] for k in wanted]
+    assert _read(path, list(items)) == list(items.values())  # then the others too

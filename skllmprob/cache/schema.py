@@ -216,14 +216,13 @@ def tokens_of_ids(conn: sqlite3.Connection, ids: np.ndarray) -> tuple[np.ndarray
     """The vocabulary's ``ids`` (sorted) that it holds, and their tokens; entries
     whose CRC does not match or that are not UTF-8 are left out (rows that use
     them are then damaged). Many ids are read in one scan from the smallest."""
+    sql = "SELECT id, token, crc FROM vocab WHERE id "
     if ids.size > _SCAN_IDS:
-        sql, chunked = "SELECT id, token, crc FROM vocab WHERE id >= ?", [[int(ids[0])]]
+        rows = conn.execute(sql + ">= ?", (int(ids[0]),)).fetchall()
     else:
-        sql = "SELECT id, token, crc FROM vocab WHERE id IN ({})"
-        chunked = list(chunks(ids.tolist(), 900))
-    rows: list = []
-    for chunk in chunked:
-        rows += conn.execute(sql.format(marks(len(chunk))), chunk).fetchall()
+        rows = []
+        for chunk in chunks(ids.tolist(), 900):
+            rows += conn.execute(sql + f"IN ({marks(len(chunk))})", chunk).fetchall()
     if not rows:
         return np.empty(0, dtype=np.int64), []
     found, blobs, crcs = zip(*rows, strict=True)

@@ -250,6 +250,13 @@ class CompletionCache:
                 self._memory.clear()
             self._generation = generation
 
+    def _vocabulary(self, conn: sqlite3.Connection):
+        """The vocabulary of the file open on ``conn`` (read once per connection)."""
+        local = self._local
+        if getattr(local, "vocab_conn", None) is not conn:
+            local.vocab, local.vocab_conn = file_vocabulary(conn, self.path), conn
+        return local.vocab
+
     def _select(
         self, conn: sqlite3.Connection, keys: Sequence[bytes], *, report: bool = True
     ) -> dict[bytes, Completion]:
@@ -330,13 +337,6 @@ class CompletionCache:
             )
 
     # -- writing ---------------------------------------------------------------------
-
-    def _vocabulary(self, conn: sqlite3.Connection):
-        """The vocabulary of the file open on ``conn`` (read once per connection)."""
-        local = self._local
-        if getattr(local, "vocab_conn", None) is not conn:
-            local.vocab, local.vocab_conn = file_vocabulary(conn, self.path), conn
-        return local.vocab
 
     def _insert(self, conn: sqlite3.Connection, items: Sequence[tuple[bytes, Completion]]) -> None:
         """Write ``items`` (in a write transaction), tokens as ids into the vocabulary
