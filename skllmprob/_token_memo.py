@@ -18,6 +18,7 @@ from itertools import filterfalse, islice, repeat
 
 import numpy as np
 
+from ._forksafe import ForkSafeLock
 from .labels import normalize_token, normalize_tokens
 from .vocabulary import Vocabulary, distinct
 
@@ -36,7 +37,6 @@ def _after_fork_in_child() -> None:  # a lock held by another thread at fork sta
     _MEMOS_LOCK = threading.Lock()
     for memo in list(_MEMOS.values()):
         memo._rows_lock = threading.Lock()
-        memo._vocab_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -79,7 +79,7 @@ class Memo(dict):
         self.row_classes: dict[int, np.ndarray] = {}
         self._rows_lock = threading.Lock()
         self._vocabs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self._vocab_lock = threading.Lock()
+        self._vocab_lock = ForkSafeLock()
 
     def __missing__(self, token: str) -> int:
         idx = self._get(normalize_token(token), -1)

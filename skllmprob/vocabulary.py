@@ -16,12 +16,12 @@ to a file, never reassigned, so what a process has read stays true.
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Hashable, Iterator, Sequence
 from operator import attrgetter
 
 import numpy as np
+
+from ._forksafe import ForkSafeLock
 
 __all__ = ["MAX_ID", "TokenIds", "Vocabulary", "distinct", "ids_of", "vocabulary_for"]
 
@@ -29,19 +29,8 @@ __all__ = ["MAX_ID", "TokenIds", "Vocabulary", "distinct", "ids_of", "vocabulary
 #: allocate for billions of ids); rows that use them are damaged.
 MAX_ID = 2**24
 _VOCABULARIES: dict = {}
-_LOCK = threading.Lock()
+_LOCK = ForkSafeLock()
 _MAX_VOCABULARIES = 16
-
-
-def _after_fork_in_child() -> None:  # a lock held by another thread at fork stays held
-    global _LOCK
-    _LOCK = threading.Lock()
-    for vocab in list(_VOCABULARIES.values()):
-        vocab._lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def vocabulary_for(key: Hashable) -> Vocabulary:
@@ -73,7 +62,7 @@ class Vocabulary:
     def __init__(self) -> None:
         self.tokens: list[str | None] = []
         self._known = np.zeros(0, dtype=bool)
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
 
     def __len__(self) -> int:
         return len(self.tokens)

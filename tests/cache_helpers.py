@@ -4,6 +4,7 @@ a model-selection run."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -24,6 +25,7 @@ __all__ = [
     "make_texts",
     "run_model_selection",
     "run_python",
+    "run_sql",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +33,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def completion(tokens=("yes", "no"), probs=(0.6, 0.3), **kw) -> Completion:
     return Completion(tuple(tokens), np.log(np.asarray(probs, dtype=float)), **kw)
+
+
+def run_sql(path, sql: str, *params) -> list:
+    """Run one statement on the SQLite file at ``path`` (its own connection,
+    committed) and return its rows."""
+    conn = sqlite3.connect(path)
+    try:
+        out = conn.execute(sql, params).fetchall()
+        conn.commit()
+        return out
+    finally:
+        conn.close()
 
 
 def det_clf(**kw) -> LogprobClassifier:

@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 import pytest
-from cache_helpers import det_clf, make_texts, run_python
+from cache_helpers import det_clf, make_texts, run_python, run_sql
 
 from skllmprob._engine import fetch_completions
 from skllmprob.backends import DeterministicBackend, Query
@@ -36,26 +36,17 @@ def _requests(name=NAME) -> int:
     return DeterministicBackend.request_count(name)
 
 
-def _sql(path, sql, *params):
-    conn = sqlite3.connect(path)
-    try:
-        out = conn.execute(sql, params).fetchall()
-        conn.commit()
-        return out
-    finally:
-        conn.close()
-
-
 # ------------------------------------------------------------- item 2: checksums
 
 
 def test_two_swapped_logprobs_are_a_counted_miss_and_are_fetched_again(tmp_path):
     clf, texts, path, expected = _filled(tmp_path)
-    (key, data), *_ = _sql(path, "SELECT key, data FROM completions ORDER BY key LIMIT 1")
+    (key, data), *_ = run_sql(path, "SELECT key, data FROM completions ORDER BY key LIMIT 1")
     a, b = data[24:32], data[32:40]
     assert a != b
-    _sql(path, "UPDATE completions SET data = ? WHERE key = ?", data[:24] + b + a + data[40:], key)
-    assert _sql(path, "PRAGMA integrity_check") == [("ok",)]  # SQLite sees nothing wrong
+    swapped = data[:24] + b + a + data[40:]
+    run_sql(path, "UPDATE completions SET data = ? WHERE key = ?", swapped, key)
+    assert run_sql(path, "PRAGMA integrity_check") == [("ok",)]  # SQLite sees nothing wrong
     cache = open_cache(str(path))
     cache._memory.clear()
     before = _requests()
@@ -64,7 +55,7 @@ def test_two_swapped_logprobs_are_a_counted_miss_and_are_fetched_again(tmp_path)
     np.testing.assert_array_equal(proba, expected)
     assert _requests() - before == 1
     assert cache.info().corrupt == 1 and clf.usage_.last.requests == 1
-    assert _sql(path, "SELECT data FROM completions WHERE key = ?", key) == [(data,)]
+    assert run_sql(path, "SELECT data FROM completions WHERE key = ?", key) == [(data,)]
 
 
 def _old_value(tokens, logprobs, usage=(5, 1, 0)):
@@ -75,7 +66,7 @@ def _old_value(tokens, logprobs, usage=(5, 1, 0)):
 
 def _stored(path):
     """Every completion of the file at ``path``, as a new process reads it."""
-    keys = [k for (k,) in _sql(path, "SELECT key FROM completions")]
+    keys = [k for (k,) in run_sql(path, "SELECT key FROM completions")]
     found = CompletionCache(path, memory_mb=0).get_many(keys)
     assert len(found) == len(keys)
     return found
@@ -114,7 +105,7 @@ def test_a_file_of_the_previous_schema_keeps_working(tmp_path):
     with pytest.warns(RuntimeWarning, match="1 damaged entries"):
         np.testing.assert_array_equal(clf.predict_proba(texts), expected)
     assert _requests("old-schema") - before == 1  # only the implausible one
-    assert _sql(old, "SELECT value FROM meta WHERE name = 'schema_version'") == [
+    assert run_sql(old, "SELECT value FROM meta WHERE name = 'schema_version'") == [
         (str(CACHE_SCHEMA_VERSION),)
     ]
     info = clf.cache_info()
@@ -135,10 +126,10 @@ def test_a_schema_3_file_is_read_and_then_gets_token_ids(tmp_path):
         warnings.simplefilter("error")  # no entry is damaged
         np.testing.assert_array_equal(clf.predict_proba(texts), expected)
     assert _requests("schema-3") - before == 1  # the one left out
-    assert _sql(old, "SELECT value FROM meta WHERE name = 'schema_version'") == [
+    assert run_sql(old, "SELECT value FROM meta WHERE name = 'schema_version'") == [
         (str(CACHE_SCHEMA_VERSION),)
     ]
-    formats = dict(_sql(old, "SELECT key, tokens FROM completions"))
+    formats = dict(run_sql(old, "SELECT key, tokens FROM completions"))
     assert formats[rows[0][0]] == "v"  # the new entry: ids into the vocabulary
     assert all(formats[k] == t for k, _, t in rows[1:])  # the old ones as they were
     assert len(_stored(old)) == len(texts)
@@ -149,12 +140,12 @@ def test_a_schema_3_file_is_read_and_then_gets_token_ids(tmp_path):
 
 def test_one_row_with_invalid_utf8_misses_alone(tmp_path):
     clf, texts, path, expected = _filled(tmp_path, n=20)
-    (key,), *_ = _sql(path, "SELECT key FROM completions ORDER BY key LIMIT 1")
-    _sql(path, "UPDATE completions SET tokens = CAST(X'73FFFE00' AS TEXT) WHERE key = ?", key)
+    (key,), *_ = run_sql(path, "SELECT key FROM completions ORDER BY key LIMIT 1")
+    run_sql(path, "UPDATE completions SET tokens = CAST(X'73FFFE00' AS TEXT) WHERE key = ?", key)
     cache = open_cache(str(path))
     cache._memory.clear()
     with pytest.warns(RuntimeWarning, match="1 damaged entries"):
-        found = cache.get_many([k for (k,) in _sql(path, "SELECT key FROM completions")])
+        found = cache.get_many([k for (k,) in run_sql(path, "SELECT key FROM completions")])
     assert len(found) == 19 and key not in found
     assert cache.info().entries == 19  # what is really stored
     cache._memory.clear()
@@ -167,9 +158,9 @@ def test_one_row_with_invalid_utf8_misses_alone(tmp_path):
 
 def _wreck_completions(path):
     """Overwrite the root page of the completions table with garbage."""
-    _sql(path, "PRAGMA wal_checkpoint(TRUNCATE)")
-    (root,), *_ = _sql(path, "SELECT rootpage FROM sqlite_master WHERE name = 'completions'")
-    page = _sql(path, "PRAGMA page_size")[0][0]
+    run_sql(path, "PRAGMA wal_checkpoint(TRUNCATE)")
+    (root,), *_ = run_sql(path, "SELECT rootpage FROM sqlite_master WHERE name = 'completions'")
+    page = run_sql(path, "PRAGMA page_size")[0][0]
     with open(path, "r+b") as f:
         f.seek((root - 1) * page)
         f.write(os.urandom(page))
@@ -209,7 +200,7 @@ def test_an_unusable_file_gives_one_warning_that_keeps_the_file(tmp_path):
 def test_open_errors_never_advise_deleting(tmp_path, content, match):
     path = tmp_path / "c.sqlite"
     if content is None:
-        _sql(path, "CREATE TABLE users (name TEXT)")
+        run_sql(path, "CREATE TABLE users (name TEXT)")
     else:
         path.write_bytes(content)
     with pytest.raises(CacheError, match=match) as e:
@@ -264,7 +255,7 @@ def test_a_read_only_cache_serves_reads_and_keeps_writes_in_memory(tmp_path, wha
     det_clf(backend=DeterministicBackend(name="ro"), cache=str(path)).fit(
         None, None
     ).predict_proba(texts)
-    _sql(path, "PRAGMA wal_checkpoint(TRUNCATE)")
+    run_sql(path, "PRAGMA wal_checkpoint(TRUNCATE)")
     open_cache(str(path))._local.__dict__.pop("conn").close()  # last connection: WAL removed
     for p in folder.iterdir():
         p.chmod(0o444)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -14,7 +13,7 @@ import warnings
 
 import numpy as np
 import pytest
-from cache_helpers import ROOT, completion, make_texts, run_python
+from cache_helpers import ROOT, completion, make_texts, run_python, run_sql
 
 import skllmprob.cache.schema as schema_mod
 import skllmprob.vocabulary as vocabulary_mod
@@ -25,16 +24,6 @@ from skllmprob.cache.codec import decode, encode
 from skllmprob.vocabulary import TokenIds, Vocabulary
 
 QUERY = Query(top_logprobs=5)
-
-
-def _sql(path, sql, *params):
-    conn = sqlite3.connect(path)
-    try:
-        out = conn.execute(sql, params).fetchall()
-        conn.commit()
-        return out
-    finally:
-        conn.close()
 
 
 @pytest.fixture
@@ -87,9 +76,9 @@ def test_entries_read_by_a_new_process_are_ids_into_one_vocabulary(tmp_path, new
     path = tmp_path / "c.sqlite"
     texts, _ = make_texts(40)
     _, keys, expected = _filled(path, texts)
-    assert {t for (t,) in _sql(path, "SELECT tokens FROM completions")} == {"v"}
+    assert {t for (t,) in run_sql(path, "SELECT tokens FROM completions")} == {"v"}
     n_tokens = len({t for c in expected for t in c.tokens})
-    assert _sql(path, "SELECT COUNT(*) FROM vocab") == [(n_tokens,)]  # each token once
+    assert run_sql(path, "SELECT COUNT(*) FROM vocab") == [(n_tokens,)]  # each token once
     new_process()
     got = _read(path, keys)
     assert got == expected
@@ -109,9 +98,9 @@ def test_a_damaged_vocabulary_entry_costs_only_the_rows_that_use_it(tmp_path, ne
     users = {i for i, c in enumerate(expected) if token in c.tokens}
     blob = token.encode("utf-8")
     if damage == "changed":  # the CRC no longer matches
-        _sql(path, "UPDATE vocab SET token = ? WHERE token = ?", b"\xffgarbage", blob)
+        run_sql(path, "UPDATE vocab SET token = ? WHERE token = ?", b"\xffgarbage", blob)
     else:
-        _sql(path, "DELETE FROM vocab WHERE token = ?", blob)
+        run_sql(path, "DELETE FROM vocab WHERE token = ?", blob)
     new_process()
     with pytest.warns(RuntimeWarning, match=f"{len(users)} damaged entries"):
         got = _read(path, keys)
@@ -138,7 +127,7 @@ def test_tokens_that_are_not_utf8_keep_the_text_format(tmp_path, new_process):
         b"e" * 32: Completion((), np.empty(0)),
     }
     cache.put_many(items.items())
-    formats = dict(_sql(path, "SELECT key, substr(tokens, 1, 1) FROM completions"))
+    formats = dict(run_sql(path, "SELECT key, substr(tokens, 1, 1) FROM completions"))
     assert formats == {b"a" * 32: "v", b"n" * 32: "v", b"s" * 32: "j", b"e" * 32: "v"}
     new_process()
     assert _read(path, list(items)) == list(items.values())
@@ -150,10 +139,10 @@ def test_a_copy_of_a_file_grows_its_own_vocabulary(tmp_path, new_process):
     a, b = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
     first = {bytes([i]) * 32: completion(tokens=(f"t{i}", " yes")) for i in range(3)}
     CompletionCache(a).put_many(first.items())
-    _sql(a, "PRAGMA wal_checkpoint(TRUNCATE)")
+    run_sql(a, "PRAGMA wal_checkpoint(TRUNCATE)")
     shutil.copy(a, b)
     vocab_id = "SELECT value FROM meta WHERE name = 'vocabulary'"
-    assert _sql(a, vocab_id) == _sql(b, vocab_id)
+    assert run_sql(a, vocab_id) == run_sql(b, vocab_id)
     new_process()
     assert _read(a, list(first)) == _read(b, list(first)) == list(first.values())
     only_a = {b"a" * 32: completion(tokens=(" alpha", " yes"))}
@@ -161,7 +150,7 @@ def test_a_copy_of_a_file_grows_its_own_vocabulary(tmp_path, new_process):
     CompletionCache(a).put_many(only_a.items())
     CompletionCache(b).put_many(only_b.items())
     same_id = "SELECT id FROM vocab WHERE token = ?"
-    assert _sql(a, same_id, b" alpha") == _sql(b, same_id, b" beta")
+    assert run_sql(a, same_id, b" alpha") == run_sql(b, same_id, b" beta")
     for _ in range(2):  # with what this process read, then as a new process
         assert _read(a, list(only_a)) == list(only_a.values())
         assert _read(b, list(only_b)) == list(only_b.values())
