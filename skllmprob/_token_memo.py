@@ -10,8 +10,6 @@ thousands of them.
 
 from __future__ import annotations
 
-import os
-import threading
 import weakref
 from collections.abc import Hashable, Sequence
 from itertools import filterfalse, islice, repeat
@@ -25,22 +23,11 @@ from .vocabulary import Vocabulary, distinct
 __all__ = ["Memo", "memo_for"]
 
 _MEMOS: dict = {}
-_MEMOS_LOCK = threading.Lock()
+_MEMOS_LOCK = ForkSafeLock()
 _MAX_MEMOS = 8
 #: Tuples of tokens remembered per memo, and tokens classified per memo.
 _MAX_ROWS = 32_768
 _MAX_TOKENS = 100_000
-
-
-def _after_fork_in_child() -> None:  # a lock held by another thread at fork stays held
-    global _MEMOS_LOCK
-    _MEMOS_LOCK = threading.Lock()
-    for memo in list(_MEMOS.values()):
-        memo._rows_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def memo_for(config: Hashable, table: dict[str, int]) -> Memo:
@@ -77,7 +64,7 @@ class Memo(dict):
         self._get = {k: v for k, v in table.items() if k}.get
         self.rows: dict[int, tuple] = {}
         self.row_classes: dict[int, np.ndarray] = {}
-        self._rows_lock = threading.Lock()
+        self._rows_lock = ForkSafeLock()
         self._vocabs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._vocab_lock = ForkSafeLock()
 

@@ -146,12 +146,15 @@ class TokenMatcher:
         >>> m.row_classes([(" yes", "x"), ["No"]])
         array([ 0, -1,  1])
         """
+        return self._row_classes(rows, ids_of(rows))
+
+    def _row_classes(self, rows: Sequence[Sequence[str]], as_ids) -> np.ndarray:
+        """:meth:`row_classes`, given :func:`~skllmprob.vocabulary.ids_of` ``rows``."""
         if not rows:
             return np.empty(0, dtype=np.intp)
-        memo = self._memo
-        as_ids = ids_of(rows)
         if as_ids is not None:
             return self.id_classes(as_ids[0], np.concatenate(as_ids[1]))
+        memo = self._memo
         ids = list(map(id, rows))
         known = list(map(is_, map(memo.rows.get, ids), rows))
         if not any(known):  # a first read: every row new
@@ -228,10 +231,7 @@ def label_log_mass(
     if not np.array_equal(lens, np.fromiter(map(len, arrays), dtype=np.intp, count=n)):
         raise ValueError("a token list and its log-probabilities differ in length")
     lps = np.concatenate(arrays).astype(float, copy=False) if n else np.empty(0)
-    if as_ids is None:
-        classes = matcher.row_classes(tokens)
-    else:
-        classes = matcher.id_classes(as_ids[0], np.concatenate(as_ids[1]))
+    classes = matcher._row_classes(tokens, as_ids)
     valid = lps > MIN_LOGPROB
     # Smallest valid log-probability of each row (empty segments contribute nothing
     # to reduceat when only the starts of non-empty rows are given).

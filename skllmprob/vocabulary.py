@@ -161,11 +161,9 @@ class TokenIds(Sequence):
 
     def __eq__(self, other: object) -> bool:
         kind = type(other)
-        if kind is tuple or kind is list:
-            return len(other) == len(self.ids) and tuple(self) == tuple(other)
         if kind is TokenIds and other.vocab is self.vocab:
             return bool(np.array_equal(self.ids, other.ids))
-        if isinstance(other, Sequence) and not isinstance(other, str | bytes):
+        if kind is tuple or (isinstance(other, Sequence) and not isinstance(other, str | bytes)):
             return len(other) == len(self.ids) and tuple(self) == tuple(other)
         return NotImplemented
 

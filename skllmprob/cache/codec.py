@@ -310,8 +310,8 @@ class Decoder:
         keys)``. The loop runs for every entry read: keep it lean.
 
         Format 3 rows need the file's ``vocab``; ids it has not read yet are read
-        with ``load(ids)`` (the ids found and their tokens), once for all rows, and a row
-        with an id that is not found is damaged. The plausibility of the numbers
+        with ``load(ids)`` (the ids found and their tokens), once for all rows,
+        and a row with an id that is not found is damaged. The plausibility of the numbers
         is checked afterwards, for all rows at once, and only for format 1:
         :func:`encode` refuses implausible numbers, and the checksum of a format 2
         or 3 value proves it unchanged since."""
@@ -331,7 +331,6 @@ class Decoder:
                     if raw != b"v" or len(data) != stop + 4 * n or make_ids is None:
                         raise ValueError("damaged value")
                     tokens = make_ids(frombuffer(data, "<u4", n, stop))
-                    with_ids.append(key)
                 else:
                     tokens = interned(raw)
                     if tokens is None:
@@ -346,13 +345,13 @@ class Decoder:
                 ):
                     raise ValueError("damaged value")
             except DECODE_ERRORS:
-                if with_ids and with_ids[-1] == key:
-                    with_ids.pop()
                 bad.append(key)
                 continue
             answers = None if m == _NO_ANSWERS else frombuffer(data, "<f8", m, end)
             out[key] = c = make(tokens, frombuffer(data, "<f8", n, 24), answers, pt, ct, cached)
-            if fmt == _FORMAT_NO_CHECKSUM:
+            if fmt == _FORMAT_IDS:
+                with_ids.append(key)
+            elif fmt == _FORMAT_NO_CHECKSUM:
                 unchecked[key] = c
         for key in implausible(unchecked):
             del out[key]

@@ -41,8 +41,9 @@ def is_refusal(completion: Completion) -> bool:
 
 
 def refused_rows(completions: Sequence[Completion]) -> list[int]:
-    """The positions of the refused answers among ``completions`` (looked for
-    without a Python call per completion: usually there is none)."""
+    """The positions of the refused answers among ``completions`` (looked for in
+    one C-level scan: usually there is none; tokens read from a cache file, a
+    :class:`~skllmprob.vocabulary.TokenIds`, compare in Python)."""
     if REFUSED not in map(_TOKENS, completions):
         return []
     return [i for i, c in enumerate(completions) if is_refusal(c)]
